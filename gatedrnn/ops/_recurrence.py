@@ -1,0 +1,448 @@
+"""Machinery shared by the recurrent ops (``lstm``, ``gru``, ``rnn``).
+
+Each cell module (``gatedrnn/ops/lstm.py`` ...) describes its cell with a :class:`Recurrence`
+and hands it, with one forward/backward pair per backend, to :func:`define_ops`, which
+registers two ``torch.library`` custom ops (``gatedrnn::<cell>`` and
+``gatedrnn::<cell>_backward``) with fake (meta) implementations and autograd, so the ops trace
+under ``torch.compile(fullgraph=True)``.
+
+Argument layout of the ops (all positional; ``states`` is ``h0, c0`` for LSTM, ``h0`` otherwise;
+``options`` is ``reset_after`` for GRU, ``nonlinearity`` for RNN, nothing for LSTM)::
+
+    gatedrnn::<cell>(input, *states, weight_ih, weight_hh, bias_ih?, bias_hh?, lengths, reverse,
+                     *options, backend) -> (output, *final_states, workspace)
+    gatedrnn::<cell>_backward(grad_output, *grad_final_states, input, *states, weight_ih,
+                     weight_hh, bias_ih?, bias_hh?, lengths, reverse, *options, output,
+                     workspace, backend) -> (grad_input, *grad_states, grad_weight_ih,
+                     grad_weight_hh, grad_bias_ih, grad_bias_hh)
+
+A backend's forward/backward take the same arguments minus ``backend``, on contiguous tensors
+of one dtype and device, with T >= 1 and B >= 1: the empty cases are answered here and never
+reach a kernel. Biases may be None; bias gradients are always returned (dropped here).
+"""
+from __future__ import annotations
+
+import importlib
+import numbers
+import os
+import threading
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..backends import resolve_backend
+
+POISON_ENV = "GATEDRNN_POISON_OUTPUTS"
+
+# Dtypes each backend computes in; others get a TypeError that names the fix.
+_BACKEND_DTYPES = {
+    "cython": (torch.float32, torch.float64),
+    "triton": (torch.float32, torch.bfloat16, torch.float16),
+    "numpy": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+}
+
+
+@dataclass(frozen=True)
+class Recurrence:
+    """What distinguishes one recurrent cell from another, for the shared machinery."""
+
+    name: str  # op name, "lstm"
+    num_gates: int  # gate rows per hidden unit in the weights (G in G*H)
+    num_states: int  # 2 for LSTM (h, c), 1 otherwise
+    option_schema: str  # schema of the cell's options after `reverse` ("" if none)
+    workspace_width: Callable[..., int]  # (*options) -> W, the workspace is (T, B, W*H)
+
+
+# ---------------------------------------------------------------------------------------------
+# Allocation and conversion helpers used by the backend adapters
+# ---------------------------------------------------------------------------------------------
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of recurrent state and accumulation: float32 for the half types, else ``dtype``."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def new_output(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Allocate a tensor a kernel is about to fill.
+
+    With ``GATEDRNN_POISON_OUTPUTS=1`` (the test suite sets it) it is filled with NaN first, so
+    an entry the kernel forgets to write shows up as NaN instead of stale memory.
+    """
+    if os.environ.get(POISON_ENV, "0") not in ("", "0"):
+        return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
+    return torch.empty(tuple(shape), dtype=dtype, device=device)
+
+
+def to_numpy64(tensor: Optional[Tensor]) -> Optional[np.ndarray]:
+    """A float64 (or int64 for integer tensors) NumPy copy of ``tensor`` on the CPU."""
+    if tensor is None:
+        return None
+    tensor = tensor.detach().cpu()
+    if tensor.is_floating_point():
+        return tensor.to(torch.float64).numpy()
+    return tensor.to(torch.int64).numpy()
+
+
+def from_numpy(array: np.ndarray, like: Tensor, dtype: Optional[torch.dtype] = None) -> Tensor:
+    """``array`` as a tensor on ``like``'s device, in ``dtype`` (default ``like``'s dtype)."""
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device=like.device, dtype=dtype or like.dtype)
+
+
+def combined_bias(bias_ih: Optional[Tensor], bias_hh: Optional[Tensor], size: int, like: Tensor) -> Tensor:
+    """``bias_ih + bias_hh`` (either may be None) as one contiguous vector of ``size``."""
+    bias = torch.zeros(size, dtype=like.dtype, device=like.device)
+    if bias_ih is not None:
+        bias += bias_ih
+    if bias_hh is not None:
+        bias += bias_hh
+    return bias
+
+
+def bias_or_zeros(bias: Optional[Tensor], size: int, like: Tensor) -> Tensor:
+    return bias if bias is not None else torch.zeros(size, dtype=like.dtype, device=like.device)
+
+
+_blas_lock = threading.Lock()
+_blas_controllers = None
+
+
+def _scipy_blas_controllers():
+    """threadpoolctl's handle on the BLAS that ``scipy.linalg.cython_blas`` calls (found once)."""
+    global _blas_controllers
+    if _blas_controllers is None:
+        import scipy.linalg  # noqa: F401  (loads scipy's BLAS so threadpoolctl can see it)
+        from threadpoolctl import ThreadpoolController
+
+        blas = ThreadpoolController().select(user_api="blas")
+        scipy_own = [lib for lib in blas.lib_controllers if "scipy" in os.path.basename(os.path.dirname(lib.filepath))]
+        _blas_controllers = scipy_own or blas.lib_controllers
+    return _blas_controllers
+
+
+def run_cpu_kernel(function: Callable, *arguments) -> None:
+    """Call a ``gatedrnn._cpu`` extension function on tensors (converted to NumPy views).
+
+    The extensions parallelise with OpenMP (``torch.get_num_threads()`` threads) and call BLAS
+    from inside their threads, so scipy's BLAS is held to one thread for the call: a threaded
+    BLAS inside OpenMP threads would oversubscribe the cores.
+    """
+    converted = [a.detach().numpy() if isinstance(a, Tensor) else a for a in arguments]
+    num_threads = torch.get_num_threads()
+    controllers = _scipy_blas_controllers()
+    with _blas_lock:
+        previous = [lib.num_threads for lib in controllers]
+        for lib in controllers:
+            lib.set_num_threads(1)
+        try:
+            function(*converted, num_threads)
+        finally:
+            for lib, count in zip(controllers, previous):
+                lib.set_num_threads(count)
+
+
+def cpu_extension(name: str):
+    """The compiled module ``gatedrnn._cpu.<name>`` (availability was checked by the dispatcher)."""
+    return importlib.import_module(f"gatedrnn._cpu.{name}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Input validation shared by the public functions
+# ---------------------------------------------------------------------------------------------
+
+
+def _shape(tensor: Tensor) -> Tuple[int, ...]:
+    return tuple(tensor.shape)
+
+
+def _check_tensor(value, argument: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{argument} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _check_bool(value, argument: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{argument} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+@dataclass
+class Prepared:
+    """Validated, time-major arguments of one recurrent call, ready for the custom op."""
+
+    input: Tensor
+    states: List[Tensor]
+    weight_ih: Tensor
+    weight_hh: Tensor
+    bias_ih: Optional[Tensor]
+    bias_hh: Optional[Tensor]
+    lengths: Tensor
+    reverse: bool
+    backend: str
+
+    def op_arguments(self, *options) -> tuple:
+        return (self.input, *self.states, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
+                self.lengths, self.reverse, *options, self.backend)
+
+
+def prepare(spec: Recurrence, input, hx, weight_ih, weight_hh, bias_ih, bias_hh,
+            lengths, reverse, batch_first, backend) -> Prepared:
+    """Check the arguments of ``gatedrnn.<cell>`` and bring them into the ops' layout.
+
+    Raises TypeError/ValueError naming the argument, what was expected and what was given.
+    """
+    name = spec.name
+    input = _check_tensor(input, "input")
+    weight_ih = _check_tensor(weight_ih, "weight_ih")
+    weight_hh = _check_tensor(weight_hh, "weight_hh")
+    reverse = _check_bool(reverse, "reverse")
+    batch_first = _check_bool(batch_first, "batch_first")
+
+    layout = "(B, T, input_size)" if batch_first else "(T, B, input_size)"
+    if not input.is_floating_point():
+        raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
+    if input.dim() != 3:
+        raise ValueError(f"input must be 3-D {layout}, got shape {_shape(input)}")
+    x = input.transpose(0, 1) if batch_first else input
+    seq_len, batch, input_size = x.shape
+    dtype, device = input.dtype, input.device
+
+    # Sizes come from weight_hh: (G*H, H).
+    if weight_hh.dim() != 2 or weight_hh.shape[0] != spec.num_gates * weight_hh.shape[1]:
+        raise ValueError(
+            f"weight_hh must be 2-D ({spec.num_gates}*hidden_size, hidden_size) for {name}, "
+            f"got shape {_shape(weight_hh)}"
+        )
+    hidden_size = weight_hh.shape[1]
+    gate_rows = spec.num_gates * hidden_size
+    if hidden_size < 1:
+        raise ValueError(f"hidden_size (weight_hh.shape[1]) must be >= 1, got {hidden_size}")
+    if input_size < 1:
+        raise ValueError(f"input_size (input.shape[2]) must be >= 1, got {input_size}")
+    if _shape(weight_ih) != (gate_rows, input_size):
+        raise ValueError(
+            f"weight_ih must have shape ({spec.num_gates}*hidden_size, input_size) = "
+            f"{(gate_rows, input_size)}, got {_shape(weight_ih)}"
+        )
+    named = [("weight_ih", weight_ih), ("weight_hh", weight_hh)]
+    for argument, bias in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
+        if bias is None:
+            continue
+        _check_tensor(bias, argument)
+        if _shape(bias) != (gate_rows,):
+            raise ValueError(
+                f"{argument} must have shape ({spec.num_gates}*hidden_size,) = ({gate_rows},), "
+                f"got {_shape(bias)}"
+            )
+        named.append((argument, bias))
+
+    # Initial state(s).
+    state_names = ["h0", "c0"][: spec.num_states]
+    if hx is None:
+        states = [torch.zeros(batch, hidden_size, dtype=dtype, device=device) for _ in state_names]
+    else:
+        if spec.num_states == 2:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(
+                    f"hx must be None or a tuple (h0, c0) of two tensors for {name}, got {type(hx).__name__}"
+                    + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else "")
+                )
+            states = list(hx)
+        else:
+            if isinstance(hx, (tuple, list)):
+                raise TypeError(f"hx must be None or a tensor h0 for {name}, got a {type(hx).__name__}")
+            states = [hx]
+        for argument, state in zip(state_names, states):
+            _check_tensor(state, f"hx ({argument})")
+            if _shape(state) != (batch, hidden_size):
+                raise ValueError(
+                    f"hx ({argument}) must have shape (batch, hidden_size) = {(batch, hidden_size)}, "
+                    f"got {_shape(state)}"
+                )
+            named.append((f"hx ({argument})", state))
+
+    for argument, tensor in named:
+        if tensor.dtype != dtype:
+            raise TypeError(f"{argument} must have the input's dtype {dtype}, got {tensor.dtype}")
+        if tensor.device != device:
+            raise ValueError(f"{argument} must be on the input's device {device}, got {tensor.device}")
+
+    lengths = _prepare_lengths(lengths, seq_len, batch, device)
+    backend_name = resolve_backend(backend, device)
+    if dtype not in _BACKEND_DTYPES[backend_name]:
+        supported = ", ".join(str(d) for d in _BACKEND_DTYPES[backend_name])
+        raise TypeError(
+            f"backend {backend_name!r} does not compute in {dtype} (it supports {supported}); "
+            "convert the tensors with .to(...) or choose another backend"
+        )
+    return Prepared(x, states, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, backend_name)
+
+
+def _prepare_lengths(lengths, seq_len: int, batch: int, device: torch.device) -> Tensor:
+    """``lengths`` as an int64 tensor (B,) on ``device``, checked to lie in [0, T]."""
+    if lengths is None:
+        return torch.full((batch,), seq_len, dtype=torch.int64, device=device)
+    if not isinstance(lengths, Tensor):
+        if isinstance(lengths, (str, bytes)) or not isinstance(lengths, Sequence):
+            raise TypeError(f"lengths must be an integer tensor or a sequence of ints, got {type(lengths).__name__}")
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in lengths):
+            raise TypeError("lengths must hold ints only")
+        lengths = torch.tensor(list(lengths), dtype=torch.int64)
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths must have an integer dtype, got {lengths.dtype}")
+    if _shape(lengths) != (batch,):
+        raise ValueError(f"lengths must have shape (batch,) = ({batch},), got {_shape(lengths)}")
+    # A data-dependent check would break a torch.compile graph; compiled code relies on eager runs.
+    if batch and not torch.compiler.is_compiling():
+        low, high = int(lengths.min()), int(lengths.max())
+        if low < 0 or high > seq_len:
+            raise ValueError(f"lengths must lie in [0, T] = [0, {seq_len}], got values in [{low}, {high}]")
+    return lengths.to(device=device, dtype=torch.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom ops
+# ---------------------------------------------------------------------------------------------
+
+ForwardFn = Callable[..., Tuple[Tensor, ...]]
+BackwardFn = Callable[..., Tuple[Tensor, ...]]
+
+
+def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[ForwardFn, BackwardFn]]]):
+    """Register ``gatedrnn::<name>`` and ``gatedrnn::<name>_backward`` with fake and autograd.
+
+    ``implementations`` maps a backend name to a function returning its (forward, backward)
+    pair, called when the backend first runs (so ``triton`` is imported only when used).
+    Returns the forward op.
+    """
+    num_states = spec.num_states
+    num_options = 1 if spec.option_schema else 0
+    state_names = ["h0", "c0"][:num_states]
+    options = f", {spec.option_schema}" if spec.option_schema else ""
+    common = ("Tensor weight_ih, Tensor weight_hh, Tensor? bias_ih, Tensor? bias_hh, "
+              "Tensor lengths, bool reverse" + options)
+    forward_schema = (
+        "(Tensor input, " + "".join(f"Tensor {s}, " for s in state_names) + common
+        + ", str backend) -> (" + ", ".join(["Tensor"] * (num_states + 2)) + ")"
+    )
+    backward_schema = (
+        "(Tensor grad_output, " + "".join(f"Tensor grad_{s[0]}_n, " for s in state_names)
+        + "Tensor input, " + "".join(f"Tensor {s}, " for s in state_names) + common
+        + ", Tensor output, Tensor workspace, str backend) -> ("
+        + ", ".join(["Tensor"] * (num_states + 5)) + ")"
+    )
+    loaded: Dict[str, Tuple[ForwardFn, BackwardFn]] = {}
+
+    def backend_pair(backend: str) -> Tuple[ForwardFn, BackwardFn]:
+        if backend not in loaded:
+            if backend not in implementations:
+                raise ValueError(f"backend {backend!r} does not implement {spec.name}")
+            loaded[backend] = implementations[backend]()
+        return loaded[backend]
+
+    def split_forward(args):
+        """(input, states, weights/biases/lengths/reverse tuple, options, backend)."""
+        states = list(args[1:1 + num_states])
+        rest = args[1 + num_states:]
+        return args[0], states, rest[:6], list(rest[6:6 + num_options]), rest[-1]
+
+    def workspace_shape(x: Tensor, hidden_size: int, opts) -> Tuple[int, int, int]:
+        return (x.shape[0], x.shape[1], spec.workspace_width(*opts) * hidden_size)
+
+    def forward(*args):
+        args = [a.contiguous() if isinstance(a, Tensor) else a for a in args]
+        x, states, (w_ih, w_hh, b_ih, b_hh, lengths, reverse), opts, backend = split_forward(args)
+        hidden_size = w_hh.shape[1]
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            # Nothing to run: every sequence keeps its initial state.
+            output = x.new_zeros((x.shape[0], x.shape[1], hidden_size))
+            workspace = x.new_zeros(workspace_shape(x, hidden_size, opts), dtype=state_dtype(x.dtype))
+            return (output, *[s.clone() for s in states], workspace)
+        forward_fn, _ = backend_pair(backend)
+        return tuple(forward_fn(*args[:-1]))
+
+    def forward_fake(*args):
+        x, states, (w_ih, w_hh, *_), opts, _backend = split_forward(args)
+        hidden_size = w_hh.shape[1]
+        return (
+            x.new_empty((x.shape[0], x.shape[1], hidden_size)),
+            *[s.new_empty(s.shape) for s in states],
+            x.new_empty(workspace_shape(x, hidden_size, opts), dtype=state_dtype(x.dtype)),
+        )
+
+    def split_backward(args):
+        grads = list(args[:1 + num_states])
+        forward_args = list(args[1 + num_states:-3]) + [args[-1]]
+        return grads, forward_args, args[-3], args[-2]
+
+    def backward(*args):
+        args = [a.contiguous() if isinstance(a, Tensor) else a for a in args]
+        grads, forward_args, output, workspace = split_backward(args)
+        x, states, (w_ih, w_hh, b_ih, b_hh, lengths, reverse), opts, backend = split_forward(forward_args)
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            # The final states are the initial states: their gradients pass straight through.
+            gate_rows = w_hh.shape[0]
+            return (
+                torch.zeros_like(x), *[g.clone() for g in grads[1:]],
+                torch.zeros_like(w_ih), torch.zeros_like(w_hh),
+                w_hh.new_zeros(gate_rows), w_hh.new_zeros(gate_rows),
+            )
+        _, backward_fn = backend_pair(backend)
+        return tuple(backward_fn(*grads, *forward_args[:-1], output, workspace))
+
+    def backward_fake(*args):
+        grads, forward_args, _output, _workspace = split_backward(args)
+        x, states, (w_ih, w_hh, *_), _opts, _backend = split_forward(forward_args)
+        gate_rows = w_hh.shape[0]
+        return (
+            x.new_empty(x.shape), *[s.new_empty(s.shape) for s in states],
+            w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
+            w_hh.new_empty(gate_rows), w_hh.new_empty(gate_rows),
+        )
+
+    forward_op = torch.library.custom_op(f"gatedrnn::{spec.name}", forward, mutates_args=(), schema=forward_schema)
+    forward_op.register_fake(forward_fake)
+    backward_op = torch.library.custom_op(
+        f"gatedrnn::{spec.name}_backward", backward, mutates_args=(), schema=backward_schema
+    )
+    backward_op.register_fake(backward_fake)
+
+    def setup_context(ctx, inputs, output):
+        x, states, (w_ih, w_hh, b_ih, b_hh, lengths, reverse), opts, backend = split_forward(list(inputs))
+        ctx.save_for_backward(x, *states, w_ih, w_hh, b_ih, b_hh, lengths, output[0], output[-1])
+        ctx.reverse = reverse
+        ctx.options = opts
+        ctx.backend = backend
+
+    def autograd_backward(ctx, grad_output, *grad_rest):
+        saved = ctx.saved_tensors
+        x, states = saved[0], list(saved[1:1 + num_states])
+        w_ih, w_hh, b_ih, b_hh, lengths, output, workspace = saved[1 + num_states:]
+        # Outputs the loss did not use arrive as None; the kernels want real zeros.
+        if grad_output is None:
+            grad_output = torch.zeros_like(output)
+        grad_finals = [torch.zeros_like(s) if g is None else g for g, s in zip(grad_rest[:num_states], states)]
+        grads = backward_op(
+            grad_output, *grad_finals, x, *states, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse,
+            *ctx.options, output, workspace, ctx.backend,
+        )
+        grad_x, *grad_states = grads[:1 + num_states]
+        grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = grads[1 + num_states:]
+        return (
+            grad_x, *grad_states, grad_w_ih, grad_w_hh,
+            grad_b_ih if b_ih is not None else None,
+            grad_b_hh if b_hh is not None else None,
+            None, None, *([None] * num_options), None,
+        )
+
+    forward_op.register_autograd(autograd_backward, setup_context=setup_context)
+    return forward_op
+
+
+def finish_output(output: Tensor, batch_first: bool) -> Tensor:
+    """The (T, B, H) output in the caller's layout."""
+    return output.transpose(0, 1) if batch_first else output
