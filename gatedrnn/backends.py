@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
+import importlib.util
 import os
 import threading
 from typing import Dict, Iterator, NamedTuple, Optional
@@ -34,8 +36,8 @@ __all__ = [
 BACKENDS = ("triton", "cython", "numpy")
 ENV_VAR = "GATEDRNN_BACKEND"
 
-# The compiled extensions every CPU op needs; the backend counts as built only if all import.
-_CPU_EXTENSIONS = ("lstm", "gru", "rnn")
+# The compiled extensions the CPU ops need; the backend counts as built only if all import.
+_CPU_EXTENSIONS = ("lstm", "gru", "rnn", "conv", "pool", "embedding")
 
 
 class BackendStatus(NamedTuple):
@@ -93,48 +95,59 @@ def _interpreting_triton() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-_cython_status: Optional[BackendStatus] = None
+def _probe_cython() -> BackendStatus:
+    missing = []
+    for name in _CPU_EXTENSIONS:
+        try:
+            importlib.import_module(f"gatedrnn._cpu.{name}")
+        except ImportError as error:
+            missing.append(f"gatedrnn._cpu.{name} ({error})")
+    if missing:
+        return BackendStatus(
+            False,
+            "the compiled CPU extensions are not built: "
+            + "; ".join(missing)
+            + ". Fix: install gatedrnn from its source tree with a C compiler, Cython>=3 and "
+            "scipy present (`pip install .`, or `pip install -e .` in a checkout).",
+        )
+    return BackendStatus(True, "compiled CPU extensions (Cython, OpenMP, BLAS)")
+
+
+def _probe_triton_version() -> Optional[str]:
+    """Triton's version if it is installed, found without importing it (that takes a second)."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    try:
+        return importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# Probed once, at import: torch.compile traces the dispatcher, and an import inside a trace
+# would break the graph.
+_CYTHON_STATUS = _probe_cython()
+_TRITON_VERSION = _probe_triton_version()
 
 
 def _cython_backend_status() -> BackendStatus:
-    global _cython_status
-    if _cython_status is None:
-        missing = []
-        for name in _CPU_EXTENSIONS:
-            try:
-                importlib.import_module(f"gatedrnn._cpu.{name}")
-            except ImportError as error:
-                missing.append(f"gatedrnn._cpu.{name} ({error})")
-        if missing:
-            _cython_status = BackendStatus(
-                False,
-                "the compiled CPU extensions are not built: "
-                + "; ".join(missing)
-                + ". Fix: install gatedrnn from its source tree with a C compiler, Cython>=3 and "
-                "scipy present (`pip install .`, or `pip install -e .` in a checkout).",
-            )
-        else:
-            _cython_status = BackendStatus(True, "compiled CPU extensions (Cython, OpenMP, BLAS)")
-    return _cython_status
+    return _CYTHON_STATUS
 
 
 def _triton_backend_status() -> BackendStatus:
-    try:
-        import triton  # noqa: F401
-    except ImportError as error:
+    if _TRITON_VERSION is None:
         return BackendStatus(
-            False, f"Triton is not installed ({error}). Fix: `pip install 'gatedrnn[gpu]'` on a CUDA machine."
+            False, "Triton is not installed. Fix: `pip install 'gatedrnn[gpu]'` on a CUDA machine."
         )
     if _interpreting_triton():
-        return BackendStatus(True, f"Triton {triton.__version__} interpreter (TRITON_INTERPRET=1, CPU tensors)")
+        return BackendStatus(True, f"Triton {_TRITON_VERSION} interpreter (TRITON_INTERPRET=1, CPU tensors)")
     if not torch.cuda.is_available():
         return BackendStatus(
             False,
-            f"Triton {triton.__version__} is installed but no CUDA device is visible. Fix: run on a "
+            f"Triton {_TRITON_VERSION} is installed but no CUDA device is visible. Fix: run on a "
             "machine with an NVIDIA GPU, or set TRITON_INTERPRET=1 to run the kernels in Triton's "
             "interpreter on CPU tensors (slow; for verification).",
         )
-    return BackendStatus(True, f"Triton {triton.__version__} on {torch.cuda.get_device_name()}")
+    return BackendStatus(True, f"Triton {_TRITON_VERSION} on CUDA")
 
 
 def available_backends() -> Dict[str, BackendStatus]:

@@ -1,6 +1,5 @@
-"""Functional ops with autograd, registered as ``torch.library`` custom ops (``gatedrnn::*``)."""
-from .gru import gru
-from .lstm import lstm
-from .rnn import rnn
+"""Functional ops with autograd, registered as ``torch.library`` custom ops (``gatedrnn::*``).
 
-__all__ = ["lstm", "gru", "rnn"]
+One module per op (``gatedrnn.ops.lstm`` ...). The functions are exported from the top-level
+``gatedrnn`` package, not from here, so that ``gatedrnn.ops.<op>`` always names the module.
+"""

@@ -11,9 +11,17 @@ import numpy as np
 from .gru import gru_backward, gru_forward, seed_gru_to_ours
 from .lstm import lstm_backward, lstm_forward
 from .rnn import rnn_backward, rnn_forward
+from .conv import conv1d_backward, conv1d_forward, conv2d_backward, conv2d_forward
+from .embedding import embedding_backward, embedding_forward
+from .pool import (adaptive_avg_pool2d_backward, adaptive_avg_pool2d_forward, avg_pool2d_backward,
+                   avg_pool2d_forward, max_pool2d_backward, max_pool2d_forward)
 
 __all__ = ["lstm_forward", "lstm_backward", "gru_forward", "gru_backward", "rnn_forward",
            "rnn_backward", "workspace", "seed_gru_to_ours", "WORKSPACE_ENTRIES"]
+__all__ += ["conv2d_forward", "conv2d_backward", "conv1d_forward", "conv1d_backward",
+            "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward", "avg_pool2d_backward",
+            "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward",
+            "embedding_forward", "embedding_backward"]
 
 # What each backend saves for backward, in order along the last axis (docs/backend-contract.md).
 WORKSPACE_ENTRIES = {

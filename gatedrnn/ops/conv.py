@@ -1,0 +1,302 @@
+"""``gatedrnn.conv2d`` and ``gatedrnn.conv1d``: convolution on every backend, with autograd.
+
+Semantics are exactly ``torch.nn.functional.conv2d``/``conv1d`` (a cross-correlation, NCHW)::
+
+    y[n, o, i, j] = b[o] + sum_{c, kh, kw} w[o, c, kh, kw] * x_pad[n, g(o)*C_in/groups + c, i*sh + kh*dh, j*sw + kw*dw]
+
+Custom ops (all arguments explicit; ``padding`` is (top, bottom, left, right), which also
+covers the asymmetric ``"same"`` padding of an even kernel)::
+
+    gatedrnn::conv2d(input, weight, bias?, stride[2], padding[4], dilation[2], groups, backend) -> output
+    gatedrnn::conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups,
+                              backend, output_mask[2]) -> (grad_input, grad_weight, grad_bias)
+
+``output_mask`` = (input gradient wanted, weight gradient wanted); an unwanted gradient comes
+back as an empty tensor of shape (0,). The bias gradient is always computed (it is cheap).
+
+Backend contract (contiguous tensors of one dtype and device, N >= 1):
+    conv2d_forward(x, w, b, stride, padding, dilation, groups) -> y
+    conv2d_backward(grad_y, x, w, stride, padding, dilation, groups, output_mask) -> (gx, gw, gb)
+The Cython extension ``gatedrnn._cpu.conv`` takes NumPy arrays with outputs preallocated::
+    conv2d_forward(x, w, bias, sh, sw, pad_top, pad_left, dh, dw, groups, y, num_threads)
+    conv2d_backward(grad_y, x, w, sh, sw, pad_top, pad_left, dh, dw, groups,
+                    grad_x, grad_w, grad_b, bint need_input, bint need_weight, num_threads)
+(the bottom/right padding is implied by y's size).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .. import oracle
+from ._recurrence import from_numpy, new_output, run_cpu_kernel, to_numpy64
+from ._spatial import (Implementations, check_same, check_tensor, cpu_module, int_tuple, is_int,
+                       pick_backend, triton_not_implemented)
+
+__all__ = ["conv2d", "conv1d"]
+
+
+def output_size(size: int, kernel: int, stride: int, dilation: int, pad_begin: int, pad_end: int) -> int:
+    return (size + pad_begin + pad_end - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _output_shape(input: Tensor, weight: Tensor, stride, padding, dilation) -> Tuple[int, int, int, int]:
+    return (
+        input.shape[0], weight.shape[0],
+        output_size(input.shape[2], weight.shape[2], stride[0], dilation[0], padding[0], padding[1]),
+        output_size(input.shape[3], weight.shape[3], stride[1], dilation[1], padding[2], padding[3]),
+    )
+
+
+# --- numpy backend: the float64 oracle --------------------------------------------------------
+
+def _numpy_forward(x, w, b, stride, padding, dilation, groups):
+    y = oracle.conv2d_forward(to_numpy64(x), to_numpy64(w), to_numpy64(b), stride, tuple(padding), dilation, groups)
+    return from_numpy(y, x)
+
+
+def _numpy_backward(grad_y, x, w, stride, padding, dilation, groups, output_mask):
+    gx, gw, gb = oracle.conv2d_backward(to_numpy64(grad_y), to_numpy64(x), to_numpy64(w), stride,
+                                        tuple(padding), dilation, groups)
+    return from_numpy(gx, x), from_numpy(gw, w), from_numpy(gb, w)
+
+
+# --- cython backend -----------------------------------------------------------------------------
+
+def _cython():
+    extension = cpu_module("conv")
+
+    def forward(x, w, b, stride, padding, dilation, groups):
+        y = new_output(_output_shape(x, w, stride, padding, dilation), x.dtype, x.device)
+        bias = b if b is not None else x.new_zeros(w.shape[0])
+        run_cpu_kernel(extension.conv2d_forward, x, w, bias, stride[0], stride[1], padding[0], padding[2],
+                       dilation[0], dilation[1], groups, y)
+        return y
+
+    def backward(grad_y, x, w, stride, padding, dilation, groups, output_mask):
+        grad_x = new_output(x.shape if output_mask[0] else (0,), x.dtype, x.device)
+        grad_w = new_output(w.shape if output_mask[1] else (0,), w.dtype, w.device)
+        grad_b = new_output((w.shape[0],), w.dtype, w.device)
+        # The extension takes the two big gradients flattened, so an unwanted one can be empty.
+        run_cpu_kernel(extension.conv2d_backward, grad_y, x, w, stride[0], stride[1], padding[0], padding[2],
+                       dilation[0], dilation[1], groups, grad_x.view(-1), grad_w.view(-1), grad_b,
+                       bool(output_mask[0]), bool(output_mask[1]))
+        return grad_x, grad_w, grad_b
+
+    return forward, backward
+
+
+_implementations = Implementations("conv2d", {
+    "numpy": lambda: (_numpy_forward, _numpy_backward),
+    "cython": _cython,
+    "triton": triton_not_implemented("conv2d"),
+})
+
+
+# --- custom ops ---------------------------------------------------------------------------------
+
+@torch.library.custom_op("gatedrnn::conv2d", mutates_args=())
+def _conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
+               padding: Sequence[int], dilation: Sequence[int], groups: int, backend: str) -> Tensor:
+    input, weight = input.contiguous(), weight.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    if input.shape[0] == 0:
+        return input.new_zeros(_output_shape(input, weight, stride, padding, dilation))
+    forward, _ = _implementations(backend)
+    return forward(input, weight, bias, list(stride), list(padding), list(dilation), groups)
+
+
+@_conv2d_op.register_fake
+def _(input, weight, bias, stride, padding, dilation, groups, backend):
+    return input.new_empty(_output_shape(input, weight, stride, padding, dilation))
+
+
+@torch.library.custom_op("gatedrnn::conv2d_backward", mutates_args=())
+def _conv2d_backward_op(grad_output: Tensor, input: Tensor, weight: Tensor, stride: Sequence[int],
+                        padding: Sequence[int], dilation: Sequence[int], groups: int, backend: str,
+                        output_mask: Sequence[bool]) -> Tuple[Tensor, Tensor, Tensor]:
+    grad_output, input, weight = grad_output.contiguous(), input.contiguous(), weight.contiguous()
+    if input.shape[0] == 0:
+        return (input.new_zeros(input.shape if output_mask[0] else (0,)),
+                weight.new_zeros(weight.shape if output_mask[1] else (0,)), weight.new_zeros(weight.shape[0]))
+    _, backward = _implementations(backend)
+    grad_input, grad_weight, grad_bias = backward(grad_output, input, weight, list(stride), list(padding),
+                                                  list(dilation), groups, list(output_mask))
+    # The numpy backend computes every gradient; the op returns only what was asked for.
+    if not output_mask[0]:
+        grad_input = input.new_empty((0,))
+    if not output_mask[1]:
+        grad_weight = weight.new_empty((0,))
+    return grad_input, grad_weight, grad_bias
+
+
+@_conv2d_backward_op.register_fake
+def _(grad_output, input, weight, stride, padding, dilation, groups, backend, output_mask):
+    return (input.new_empty(input.shape if output_mask[0] else (0,)),
+            weight.new_empty(weight.shape if output_mask[1] else (0,)), weight.new_empty(weight.shape[0]))
+
+
+def _setup_context(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups, backend = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.arguments = (stride, padding, dilation, groups, backend)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_output):
+    input, weight = ctx.saved_tensors
+    need_input, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    grad_input, grad_weight, grad_bias = _conv2d_backward_op(
+        grad_output, input, weight, *ctx.arguments, [need_input, need_weight])
+    return (grad_input if need_input else None, grad_weight if need_weight else None,
+            grad_bias if ctx.has_bias else None, None, None, None, None, None)
+
+
+_conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --- public functions ---------------------------------------------------------------------------
+
+def _padding(padding, spatial: int, kernel: Sequence[int], dilation: Sequence[int], stride: Sequence[int],
+             op: str) -> Tuple[int, ...]:
+    """Explicit (begin, end) padding per spatial axis, flattened: (top, bottom, left, right) in 2-D."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0,) * (2 * spatial)
+        if padding == "same":
+            if any(s != 1 for s in stride):
+                raise ValueError(f"{op}: padding='same' needs stride 1 (torch's rule), got stride={tuple(stride)}")
+            pads = []
+            for k, d in zip(kernel, dilation):
+                total = d * (k - 1)  # the odd element goes at the end, as torch does
+                pads += [total // 2, total - total // 2]
+            return tuple(pads)
+        raise ValueError(f"{op}: padding must be 'same', 'valid', an int or a sequence of {spatial} ints, "
+                         f"got {padding!r}")
+    pads = int_tuple(padding, spatial, "padding", op)
+    if any(p < 0 for p in pads):
+        raise ValueError(f"{op}: padding must be non-negative, got padding={padding!r}")
+    return tuple(p for p in pads for _ in range(2))
+
+
+def _prepare(op, input, weight, bias, stride, padding, dilation, groups, backend, spatial):
+    """Validate a conv{spatial}d call; return 4-D input/weight and explicit 2-D geometry."""
+    input = check_tensor(input, "input", op)
+    weight = check_tensor(weight, "weight", op)
+    if not input.is_floating_point():
+        raise TypeError(f"{op}: input must be a floating-point tensor, got dtype {input.dtype}")
+    layout = "(N, C_in, H, W) or (C_in, H, W)" if spatial == 2 else "(N, C_in, L) or (C_in, L)"
+    if input.dim() not in (spatial + 1, spatial + 2):
+        raise ValueError(f"{op}: input must be {spatial + 2}-D {layout}, got shape {tuple(input.shape)}")
+    if weight.dim() != spatial + 2:
+        kernel_dims = "KH, KW" if spatial == 2 else "K"
+        raise ValueError(f"{op}: weight must be {spatial + 2}-D (C_out, C_in/groups, {kernel_dims}), "
+                         f"got shape {tuple(weight.shape)}")
+    check_same(input, weight, "weight", op)
+    if not is_int(groups) or groups < 1:
+        raise ValueError(f"{op}: groups must be a positive int, got {groups!r}")
+    stride = int_tuple(stride, spatial, "stride", op)
+    dilation = int_tuple(dilation, spatial, "dilation", op)
+    if any(s < 1 for s in stride):
+        raise ValueError(f"{op}: stride must be positive, got stride={tuple(stride)}")
+    if any(d < 1 for d in dilation):
+        raise ValueError(f"{op}: dilation must be positive, got dilation={tuple(dilation)}")
+    c_out, c_group = weight.shape[:2]
+    c_in = input.shape[-spatial - 1]
+    if c_out % groups:
+        raise ValueError(f"{op}: weight.shape[0] (out_channels) = {c_out} must be divisible by groups={groups}")
+    if c_in != c_group * groups:
+        raise ValueError(
+            f"{op}: input has {c_in} channels but weight {tuple(weight.shape)} with groups={groups} expects "
+            f"weight.shape[1] * groups = {c_group * groups}"
+        )
+    if bias is not None:
+        check_tensor(bias, "bias", op)
+        if tuple(bias.shape) != (c_out,):
+            raise ValueError(f"{op}: bias must have shape (out_channels,) = ({c_out},), got {tuple(bias.shape)}")
+        check_same(input, bias, "bias", op)
+    kernel = tuple(weight.shape[2:])
+    pads = _padding(padding, spatial, kernel, dilation, stride, op)
+    spatial_size = tuple(input.shape[-spatial:])
+    for axis in range(spatial):
+        padded = spatial_size[axis] + pads[2 * axis] + pads[2 * axis + 1]
+        extent = dilation[axis] * (kernel[axis] - 1) + 1
+        if extent > padded:
+            raise ValueError(
+                f"{op}: kernel size {kernel} (extent {extent} with dilation {dilation[axis]}) is larger than "
+                f"the padded input along spatial axis {axis} ({spatial_size[axis]} + padding "
+                f"{pads[2 * axis]} + {pads[2 * axis + 1]} = {padded})"
+            )
+    name = pick_backend(backend, input.dtype, input.device)
+    unbatched = input.dim() == spatial + 1
+    if unbatched:
+        input = input.unsqueeze(0)
+    if spatial == 1:
+        input, weight = input.unsqueeze(2), weight.unsqueeze(2)
+        stride, dilation, pads = (1,) + stride, (1,) + dilation, (0, 0) + pads
+    return input, weight, bias, list(stride), list(pads), list(dilation), groups, name, unbatched
+
+
+def conv2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    stride: Union[int, Sequence[int]] = 1,
+    padding: Union[int, Sequence[int], str] = 0,
+    dilation: Union[int, Sequence[int]] = 1,
+    groups: int = 1,
+    *,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """2-D convolution with ``torch.nn.functional.conv2d`` semantics, on any backend.
+
+    Args:
+        input: (N, C_in, H, W), or (C_in, H, W) unbatched.
+        weight: (C_out, C_in/groups, KH, KW).
+        bias: (C_out,) or None.
+        stride, dilation: int or (h, w), positive.
+        padding: int or (h, w), non-negative, or "valid" (none) or "same" (output size = input
+            size; stride 1 only; an odd total padding puts the extra row/column at the end).
+        groups: C_in and C_out are divisible by it; groups = C_in is depthwise.
+        backend: "triton", "cython" or "numpy"; None picks one (see ``gatedrnn.backends``).
+
+    Returns:
+        (N, C_out, H_out, W_out) (no N when unbatched), with
+        H_out = (H + pad_top + pad_bottom - dilation_h * (KH - 1) - 1) // stride_h + 1.
+        Differentiable with respect to input, weight and bias.
+    """
+    op = "conv2d"
+    input, weight, bias, stride, pads, dilation, groups, name, unbatched = _prepare(
+        op, input, weight, bias, stride, padding, dilation, groups, backend, spatial=2)
+    output = _conv2d_op(input, weight, bias, stride, pads, dilation, groups, name)
+    return output.squeeze(0) if unbatched else output
+
+
+def conv1d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Optional[Tensor] = None,
+    stride: Union[int, Sequence[int]] = 1,
+    padding: Union[int, Sequence[int], str] = 0,
+    dilation: Union[int, Sequence[int]] = 1,
+    groups: int = 1,
+    *,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """1-D convolution with ``torch.nn.functional.conv1d`` semantics (a conv2d of height 1).
+
+    Args:
+        input: (N, C_in, L), or (C_in, L) unbatched. weight: (C_out, C_in/groups, K).
+        bias: (C_out,) or None. stride, padding, dilation, groups: as for :func:`conv2d`
+        (ints or 1-tuples; padding also "same"/"valid").
+
+    Returns:
+        (N, C_out, L_out) (no N when unbatched), L_out = (L + 2*padding - dilation*(K-1) - 1) // stride + 1.
+    """
+    op = "conv1d"
+    input, weight, bias, stride, pads, dilation, groups, name, unbatched = _prepare(
+        op, input, weight, bias, stride, padding, dilation, groups, backend, spatial=1)
+    output = _conv2d_op(input, weight, bias, stride, pads, dilation, groups, name).squeeze(2)
+    return output.squeeze(0) if unbatched else output

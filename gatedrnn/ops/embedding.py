@@ -1,0 +1,164 @@
+"""``gatedrnn.embedding``: row lookup on every backend, with autograd.
+
+Forward gathers ``weight[input]``; backward adds each occurrence's output gradient to its row,
+deterministically (a fixed summation order, no float atomics); the ``padding_idx`` row gets no
+gradient. Indices are range-checked before any backend runs (and again inside the Cython
+kernel), so a bad index is an error, never a read outside ``weight``.
+
+Custom ops (indices flattened to int64 (N,); ``padding_idx`` normalised to [0, V) or -1 for none)::
+
+    gatedrnn::embedding(weight (V, D), indices (N,), padding_idx, backend) -> (N, D)
+    gatedrnn::embedding_backward(grad_output (N, D), indices, num_weights, padding_idx, backend) -> (V, D)
+
+The Cython extension ``gatedrnn._cpu.embedding`` (NumPy arrays, outputs preallocated)::
+    embedding_forward(weight, indices, output, num_threads)                # OpenMP over rows of output
+    embedding_backward(grad_output, indices, padding_idx, grad_weight, num_threads)
+        # OpenMP over column blocks of D: each thread walks all indices in order for its columns
+Both raise IndexError on an index outside [0, V).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import oracle
+from ._recurrence import from_numpy, new_output, run_cpu_kernel, to_numpy64
+from ._spatial import Implementations, check_tensor, cpu_module, is_int, pick_backend, triton_not_implemented
+
+__all__ = ["embedding"]
+
+
+def _numpy():
+    def forward(weight, indices, padding_idx):
+        return from_numpy(oracle.embedding_forward(to_numpy64(indices), to_numpy64(weight)), weight)
+
+    def backward(grad_output, indices, num_weights, padding_idx):
+        grad_weight = oracle.embedding_backward(to_numpy64(grad_output), to_numpy64(indices), num_weights,
+                                                None if padding_idx < 0 else padding_idx)
+        return from_numpy(grad_weight, grad_output)
+
+    return forward, backward
+
+
+def _cython():
+    extension = cpu_module("embedding")
+
+    def forward(weight, indices, padding_idx):
+        output = new_output((indices.shape[0], weight.shape[1]), weight.dtype, weight.device)
+        run_cpu_kernel(extension.embedding_forward, weight, indices, output)
+        return output
+
+    def backward(grad_output, indices, num_weights, padding_idx):
+        grad_weight = new_output((num_weights, grad_output.shape[1]), grad_output.dtype, grad_output.device)
+        run_cpu_kernel(extension.embedding_backward, grad_output, indices, padding_idx, grad_weight)
+        return grad_weight
+
+    return forward, backward
+
+
+_implementations = Implementations("embedding", {
+    "numpy": _numpy,
+    "cython": _cython,
+    "triton": triton_not_implemented("embedding"),
+})
+
+
+@torch.library.custom_op("gatedrnn::embedding", mutates_args=())
+def _embedding_op(weight: Tensor, indices: Tensor, padding_idx: int, backend: str) -> Tensor:
+    weight, indices = weight.contiguous(), indices.contiguous()
+    if indices.shape[0] == 0 or weight.shape[1] == 0:
+        return weight.new_zeros((indices.shape[0], weight.shape[1]))
+    forward, _ = _implementations(backend)
+    return forward(weight, indices, padding_idx)
+
+
+@_embedding_op.register_fake
+def _(weight, indices, padding_idx, backend):
+    return weight.new_empty((indices.shape[0], weight.shape[1]))
+
+
+@torch.library.custom_op("gatedrnn::embedding_backward", mutates_args=())
+def _embedding_backward_op(grad_output: Tensor, indices: Tensor, num_weights: int, padding_idx: int,
+                           backend: str) -> Tensor:
+    grad_output, indices = grad_output.contiguous(), indices.contiguous()
+    if indices.shape[0] == 0 or grad_output.shape[1] == 0:
+        return grad_output.new_zeros((num_weights, grad_output.shape[1]))
+    _, backward = _implementations(backend)
+    return backward(grad_output, indices, num_weights, padding_idx)
+
+
+@_embedding_backward_op.register_fake
+def _(grad_output, indices, num_weights, padding_idx, backend):
+    return grad_output.new_empty((num_weights, grad_output.shape[1]))
+
+
+def _setup_context(ctx, inputs, output):
+    weight, indices, padding_idx, backend = inputs
+    ctx.save_for_backward(indices)
+    ctx.num_weights = weight.shape[0]
+    ctx.padding_idx = padding_idx
+    ctx.backend = backend
+
+
+def _backward(ctx, grad_output):
+    (indices,) = ctx.saved_tensors
+    grad_weight = _embedding_backward_op(grad_output, indices, ctx.num_weights, ctx.padding_idx, ctx.backend)
+    return grad_weight, None, None, None
+
+
+_embedding_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def embedding(
+    input: Tensor,
+    weight: Tensor,
+    padding_idx: Optional[int] = None,
+    *,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """Look up rows of ``weight`` (``torch.nn.functional.embedding`` semantics).
+
+    Args:
+        input: integer tensor (int64 or int32) of indices, any shape S, each in [0, V).
+        weight: (V, D) floating-point embedding matrix.
+        padding_idx: a row in [-V, V) that receives no gradient (negative counts from the end),
+            or None. The forward still returns that row as it is.
+        backend: "triton", "cython" or "numpy"; None picks one.
+
+    Returns:
+        (*S, D): ``weight[input]``. Differentiable with respect to ``weight``.
+    """
+    op = "embedding"
+    input = check_tensor(input, "input", op)
+    weight = check_tensor(weight, "weight", op)
+    if input.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"{op}: input must hold indices as int64 or int32, got dtype {input.dtype}")
+    if not weight.is_floating_point():
+        raise TypeError(f"{op}: weight must be a floating-point tensor, got dtype {weight.dtype}")
+    if weight.dim() != 2:
+        raise ValueError(f"{op}: weight must be 2-D (num_embeddings, embedding_dim), got shape {tuple(weight.shape)}")
+    if input.device != weight.device:
+        raise ValueError(f"{op}: input must be on weight's device {weight.device}, got {input.device}")
+    num_weights = weight.shape[0]
+    if padding_idx is None:
+        padding = -1
+    else:
+        if not is_int(padding_idx):
+            raise TypeError(f"{op}: padding_idx must be an int or None, got {padding_idx!r}")
+        if not -num_weights <= padding_idx < num_weights:
+            raise ValueError(f"{op}: padding_idx must lie in [-num_embeddings, num_embeddings) = "
+                             f"[{-num_weights}, {num_weights}), got {padding_idx}")
+        padding = padding_idx % num_weights
+    indices = input.reshape(-1).to(torch.int64)
+    # A data-dependent check would break a torch.compile graph; compiled code relies on eager runs
+    # (and the Cython kernel checks every index itself).
+    if indices.numel() and not torch.compiler.is_compiling():
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= num_weights:
+            raise IndexError(f"{op}: input indices must lie in [0, num_embeddings) = [0, {num_weights}), "
+                             f"got values in [{low}, {high}]")
+    name = pick_backend(backend, weight.dtype, weight.device)
+    output = _embedding_op(weight, indices, padding, name)
+    return output.reshape(tuple(input.shape) + (weight.shape[1],))

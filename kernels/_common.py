@@ -1,0 +1,879 @@
+"""Shared machinery of the Triton recurrences: the fused persistent kernels, the grid barrier,
+device queries, launch-configuration choice and the torch-side launch helpers.
+
+All cells (LSTM, GRU in both reset conventions, Elman RNN tanh/relu) share one forward and one
+backward kernel whose cell math is selected by the ``CELL`` constexpr: the persistent machinery
+(batch/hidden tiling, the h exchange, the barrier, length/reverse masking) is identical for
+every cell and written once here; ``lstm.py``, ``gru.py`` and ``rnn.py`` hold the launchers.
+
+Execution modes (chosen by :func:`choose_config`, logged at debug level):
+
+* ``persistent`` with ``SYNC_CTA``: one program owns every hidden unit of its batch tile and
+  runs all T steps in one launch (single-program mode; interpreter-safe).
+* ``persistent`` with ``SYNC_GRID``: the hidden units of a batch tile are split over
+  co-resident programs that exchange h (forward) or the gate gradients (backward) through
+  global memory with a spin barrier per step (split-hidden mode; needs a co-resident grid, so
+  it is launched cooperatively and never on the interpreter).
+* ``per_step``: the same kernel launched once per step (and phase); the launch boundary is the
+  barrier. Fallback when the split grid cannot be co-resident, and the interpreter-safe form of
+  the split-hidden mode.
+
+State exchanged between programs (h forward, gate gradients backward) lives in global buffers
+in the dot dtype (what the dot consumes), with row stride HP (H rounded up to the hidden tile,
+a multiple of 16, for aligned vector loads), read with ``.cg`` loads (L2, bypassing a possibly
+stale L1); each program's own carries (h, c, dh, dc) stay float32 in registers. All gates of a
+program's units are stacked into one dot per K chunk. W_hh chunks are re-read every step from
+L2 (``evict_last``), not held in registers: per-gate register-resident tiles spilled.
+Measurements behind the tile choices: perf/RESULTS.md (the H200 table).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+LOG = logging.getLogger("gatedrnn.kernels")
+
+# Cell codes (the CELL constexpr).
+CELL_LSTM = 0
+CELL_GRU = 1                # reset_after=True (torch/cuDNN convention)
+CELL_GRU_RESET_BEFORE = 2   # reset_after=False
+CELL_RNN_TANH = 3
+CELL_RNN_RELU = 4
+CELL_NAMES = {CELL_LSTM: "lstm", CELL_GRU: "gru", CELL_GRU_RESET_BEFORE: "gru_reset_before",
+              CELL_RNN_TANH: "rnn_tanh", CELL_RNN_RELU: "rnn_relu"}
+NUM_GATES = {CELL_LSTM: 4, CELL_GRU: 3, CELL_GRU_RESET_BEFORE: 3, CELL_RNN_TANH: 1,
+             CELL_RNN_RELU: 1}
+WORKSPACE_WIDTH = {CELL_LSTM: 5, CELL_GRU: 4, CELL_GRU_RESET_BEFORE: 3, CELL_RNN_TANH: 1,
+                   CELL_RNN_RELU: 1}
+
+# SYNC constexpr: what separates two steps inside one launch.
+SYNC_NONE = 0   # per-step launches: the kernel boundary is the barrier
+SYNC_CTA = 1    # one program per batch tile owns all hidden units: a CTA barrier suffices
+SYNC_GRID = 2   # split hidden: spin barrier among the programs of a batch tile
+
+# Smallest tile edge tl.dot accepts on NVIDIA (M, N, K >= 16).
+MIN_DOT_TILE = 16
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# ----------------------------------------------------------------------------------------------
+# Device-side helpers
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    # tanh through exp: portable across Triton 3.6..3.9 and the interpreter (no libdevice).
+    return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+
+
+@triton.jit
+def _sync(sem_ptr, group_size, is_leader, SYNC: tl.constexpr):
+    """Barrier between two steps. SYNC_GRID: arrive/flip barrier on one uint32 word per batch
+    tile (the scheme of torch/_inductor x_grid_barrier): every program adds 1 except the leader,
+    which adds 0x80000000 - (group_size - 1), so the word's top bit flips exactly when all have
+    arrived; the word is reusable without reset. Needs all programs of the group co-resident."""
+    if SYNC == 1:
+        tl.debug_barrier()
+    if SYNC == 2:
+        tl.debug_barrier()  # all threads' stores issued before one thread releases
+        sem = sem_ptr.to(tl.pointer_type(tl.uint32))
+        one = tl.full([], 1, tl.uint32)
+        expected = group_size.to(tl.uint32)
+        if is_leader:
+            arrive = 0x80000000 - (expected - one)
+        else:
+            arrive = one
+        old = tl.atomic_add(sem, arrive, sem="release")
+        flipped = False
+        while not flipped:
+            now = tl.atomic_add(sem, 0, sem="acquire")
+            flipped = ((old ^ now) & 0x80000000) != 0
+        tl.debug_barrier()
+
+
+@triton.jit
+def _stacked_matmul(src_rows, src_ok, K, w_ptr, stride_k, col_offs, col_ok,
+                    BLOCK_B: tl.constexpr, NCOL: tl.constexpr, BLOCK_K: tl.constexpr,
+                    PRECISION: tl.constexpr):
+    """acc[b, j] = sum_k src[b, k] * w[k * stride_k + col_offs[j]]  (float32 (BLOCK_B, NCOL)).
+
+    src_rows: (BLOCK_B,) pointers to rows of the exchanged state (read through L2, .cg).
+    All gates of the program's units are stacked along NCOL so that one dot covers them: with
+    a narrow hidden tile, per-gate dots of N=16 left most warps computing replicated MMA tiles
+    and holding replicated W operands (255 registers; perf/compile_report.py)."""
+    acc = tl.zeros((BLOCK_B, NCOL), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        a = tl.load(src_rows[:, None] + ks[None, :], mask=src_ok[:, None] & k_ok[None, :],
+                    other=0.0, cache_modifier=".cg")
+        w = tl.load(w_ptr + ks[:, None] * stride_k + col_offs[None, :],
+                    mask=k_ok[:, None] & col_ok[None, :], other=0.0,
+                    eviction_policy="evict_last")
+        acc = tl.dot(a.to(w.dtype), w, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _split4(acc, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """(BLOCK_B, 4*BLOCK_H) with gate-major columns -> four (BLOCK_B, BLOCK_H)."""
+    x = tl.permute(tl.reshape(acc, (BLOCK_B, 4, BLOCK_H)), (0, 2, 1))
+    x = tl.reshape(x, (BLOCK_B, BLOCK_H, 2, 2))   # [..., a, b] is gate 2a + b
+    lo, hi = tl.split(x)
+    g0, g2 = tl.split(lo)
+    g1, g3 = tl.split(hi)
+    return g0, g1, g2, g3
+
+
+@triton.jit
+def _split2(acc, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """(BLOCK_B, 2*BLOCK_H) with gate-major columns -> two (BLOCK_B, BLOCK_H)."""
+    x = tl.permute(tl.reshape(acc, (BLOCK_B, 2, BLOCK_H)), (0, 2, 1))
+    return tl.split(x)
+
+
+@triton.jit
+def _gate_columns(unit0, H, HP, NG: tl.constexpr, NG_USED: tl.constexpr,
+                  BLOCK_H: tl.constexpr):
+    """Column offsets into W_hh (G, HP, HP) of NG stacked gates of the program's units (gate
+    g, unit u -> g*HP*HP + u*HP; the K index adds 1 per element) and their validity."""
+    j = tl.arange(0, NG * BLOCK_H)
+    g = j // BLOCK_H
+    u = unit0 + j % BLOCK_H
+    return g * HP * HP + u * HP, (g < NG_USED) & (u < H)
+
+
+@triton.jit
+def _time_index(s, lengths, valid, reverse):
+    """Time index processed at step s, per batch row (int64). Valid rows: s (forward) or
+    len-1-s (reverse). Invalid steps (s >= len) map to t = s, so over all T steps every
+    (t, b) is visited exactly once and every output/workspace entry gets written."""
+    s_vec = lengths * 0 + s
+    return tl.where(valid & (reverse != 0), lengths - 1 - s_vec, s_vec)
+
+
+# ----------------------------------------------------------------------------------------------
+# Forward
+# ----------------------------------------------------------------------------------------------
+# Step bounds vary per launch in per-step mode: no specialisation on their values (a value of 1
+# would otherwise compile a separate variant).
+@triton.jit(do_not_specialize=["step_begin", "step_end", "reverse"])
+def recurrent_forward_kernel(
+        xproj_ptr,      # (T, B, G*H) input projection + biases (except b_hn of GRU reset_after)
+        w_hh_ptr,       # (G, HP, HP) W_hh, zero-padded to HP (a multiple of 16 and BLOCK_H)
+        b_hn_ptr,       # (H,) b_hh of the n gate (GRU reset_after; unused otherwise)
+        lengths_ptr,    # (B,) int64
+        h_state_ptr,    # (B, H) float32 own units' h carried between launches
+        h_exchange_ptr,  # (2, B, HP) dot dtype; slot s % 2 holds h before step s (all units;
+                         # zero past H)
+        c_state_ptr,    # (B, H) float32 LSTM cell state carried between launches
+        exchange_ptr,   # (2, B, HP) dot dtype: r*h exchanged between the GRU reset_before phases
+        out_ptr,        # (T, B, H) input dtype
+        ws_ptr,         # (T, B, WS_WIDTH*H) workspace
+        sem_ptr,        # (n_batch_tiles,) int32 barrier words (SYNC_GRID)
+        step_begin, step_end, B, H, HP, reverse,
+        CELL: tl.constexpr, NUM_GATES: tl.constexpr, WS_WIDTH: tl.constexpr,
+        PHASES: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+        SYNC: tl.constexpr, PRECISION: tl.constexpr):
+    """Steps [step_begin, step_end) of the forward recurrence for one (batch tile, hidden tile).
+
+    Program id = batch_tile * n_hidden_tiles + hidden_tile. PHASES (bit mask) selects the
+    phases run per step: GRU reset_before has two (r,z then n, with an exchange of r*h between
+    them); every other cell has one (PHASES=1)."""
+    pid = tl.program_id(0)
+    n_htiles = tl.cdiv(H, BLOCK_H)
+    pid_h = pid % n_htiles
+    pid_b = pid // n_htiles
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    row_ok = rows < B
+    unit_ok = units < H
+    tile_ok = row_ok[:, None] & unit_ok[None, :]
+    lengths = tl.load(lengths_ptr + rows, mask=row_ok, other=0)
+    GH = NUM_GATES * H
+    own = rows[:, None] * H + units[None, :]
+    own_x = rows[:, None] * HP + units[None, :]   # in the HP-strided exchange buffers
+    sem = sem_ptr + pid_b
+    is_leader = pid_h == 0
+    out_ty = out_ptr.dtype.element_ty
+    ws_ty = ws_ptr.dtype.element_ty
+
+    # Own units' state: carried in registers across the steps of this launch.
+    xch_ty = h_exchange_ptr.dtype.element_ty
+    h = tl.load(h_state_ptr + own, mask=tile_ok, other=0.0)
+    if CELL == 0:
+        c = tl.load(c_state_ptr + own, mask=tile_ok, other=0.0)
+    if CELL == 1:
+        b_hn = tl.load(b_hn_ptr + units, mask=unit_ok, other=0.0).to(tl.float32)
+
+    for s in range(step_begin, step_end):
+        valid = s < lengths
+        vmask = valid[:, None]
+        t = _time_index(s, lengths, valid, reverse)
+        tb = t * B + rows                                  # int64 row index into (T, B, .)
+        x_at = xproj_ptr + tb[:, None] * GH + units[None, :]
+        out_at = out_ptr + tb[:, None] * H + units[None, :]
+        ws_at = ws_ptr + tb[:, None] * (WS_WIDTH * H) + units[None, :]
+        # The exchanged copy is in the dot dtype (what the dot consumes anyway: half the L2
+        # traffic of float32 for half inputs); the own-unit carry h stays float32.
+        h_src_rows = h_exchange_ptr + (s % 2) * B * HP + rows * HP
+        h_dst = h_exchange_ptr + ((s + 1) % 2) * B * HP + own_x
+
+        # x loads first: independent of the exchanged h, their latency hides under the matmul.
+        if CELL == 0:
+            x_i = tl.load(x_at, mask=tile_ok, other=0.0).to(tl.float32)
+            x_f = tl.load(x_at + H, mask=tile_ok, other=0.0).to(tl.float32)
+            x_g = tl.load(x_at + 2 * H, mask=tile_ok, other=0.0).to(tl.float32)
+            x_o = tl.load(x_at + 3 * H, mask=tile_ok, other=0.0).to(tl.float32)
+            cols, cols_ok = _gate_columns(pid_h * BLOCK_H, H, HP, 4, 4, BLOCK_H)
+            acc = _stacked_matmul(h_src_rows, row_ok, HP, w_hh_ptr, 1, cols, cols_ok, BLOCK_B,
+                                  4 * BLOCK_H, BLOCK_K, PRECISION)
+            m_i, m_f, m_g, m_o = _split4(acc, BLOCK_B, BLOCK_H)
+            i = _sigmoid(x_i + m_i)
+            f = _sigmoid(x_f + m_f)
+            g = _tanh(x_g + m_g)
+            o = _sigmoid(x_o + m_o)
+            c_new = f * c + i * g
+            h_new = o * _tanh(c_new)
+            c = tl.where(vmask, c_new, c)
+            h = tl.where(vmask, h_new, h)
+            tl.store(ws_at, tl.where(vmask, i, 0.0).to(ws_ty), mask=tile_ok)
+            tl.store(ws_at + H, tl.where(vmask, f, 0.0).to(ws_ty), mask=tile_ok)
+            tl.store(ws_at + 2 * H, tl.where(vmask, g, 0.0).to(ws_ty), mask=tile_ok)
+            tl.store(ws_at + 3 * H, tl.where(vmask, o, 0.0).to(ws_ty), mask=tile_ok)
+            tl.store(ws_at + 4 * H, tl.where(vmask, c_new, 0.0).to(ws_ty), mask=tile_ok)
+            tl.store(out_at, tl.where(vmask, h_new, 0.0).to(out_ty), mask=tile_ok)
+            tl.store(h_dst, h.to(xch_ty), mask=tile_ok)
+            _sync(sem, n_htiles, is_leader, SYNC)
+        if CELL == 1:
+            x_r = tl.load(x_at, mask=tile_ok, other=0.0).to(tl.float32)
+            x_z = tl.load(x_at + H, mask=tile_ok, other=0.0).to(tl.float32)
+            x_n = tl.load(x_at + 2 * H, mask=tile_ok, other=0.0).to(tl.float32)
+            cols, cols_ok = _gate_columns(pid_h * BLOCK_H, H, HP, 4, 3, BLOCK_H)
+            acc = _stacked_matmul(h_src_rows, row_ok, HP, w_hh_ptr, 1, cols, cols_ok, BLOCK_B,
+                                  4 * BLOCK_H, BLOCK_K, PRECISION)
+            m_r, m_z, m_n, _unused = _split4(acc, BLOCK_B, BLOCK_H)
+            r = _sigmoid(x_r + m_r)
+            z = _sigmoid(x_z + m_z)
+            hn = m_n + b_hn[None, :]
+            n = _tanh(x_n + r * hn)
+            h_new = (1.0 - z) * n + z * h
+            h = tl.where(vmask, h_new, h)
+            tl.store(ws_at, tl.where(vmask, r, 0.0).to(ws_ty), mask=tile_ok)
+            tl.store(ws_at + H, tl.where(vmask, z, 0.0).to(ws_ty), mask=tile_ok)
+            tl.store(ws_at + 2 * H, tl.where(vmask, n, 0.0).to(ws_ty), mask=tile_ok)
+            tl.store(ws_at + 3 * H, tl.where(vmask, hn, 0.0).to(ws_ty), mask=tile_ok)
+            tl.store(out_at, tl.where(vmask, h_new, 0.0).to(out_ty), mask=tile_ok)
+            tl.store(h_dst, h.to(xch_ty), mask=tile_ok)
+            _sync(sem, n_htiles, is_leader, SYNC)
+        if CELL == 2:
+            rh_slot = exchange_ptr + (s % 2) * B * HP
+            if PHASES % 2 == 1:
+                # Phase 1: r, z of own units; publish r*h for everybody's n gate.
+                cols, cols_ok = _gate_columns(pid_h * BLOCK_H, H, HP, 2, 2, BLOCK_H)
+                acc = _stacked_matmul(h_src_rows, row_ok, HP, w_hh_ptr, 1, cols, cols_ok,
+                                      BLOCK_B, 2 * BLOCK_H, BLOCK_K, PRECISION)
+                m_r, m_z = _split2(acc, BLOCK_B, BLOCK_H)
+                r = _sigmoid(tl.load(x_at, mask=tile_ok, other=0.0).to(tl.float32) + m_r)
+                z = _sigmoid(tl.load(x_at + H, mask=tile_ok, other=0.0).to(tl.float32) + m_z)
+                tl.store(ws_at, tl.where(vmask, r, 0.0).to(ws_ty), mask=tile_ok)
+                tl.store(ws_at + H, tl.where(vmask, z, 0.0).to(ws_ty), mask=tile_ok)
+                tl.store(rh_slot + own_x, (r * h).to(xch_ty), mask=tile_ok)
+                _sync(sem, n_htiles, is_leader, SYNC)
+            if PHASES >= 2:
+                # Phase 2: n = tanh(x_n + W_hn (r*h)); r, z read back from the workspace (this
+                # program wrote them; the barrier above ordered it).
+                m_n = _stacked_matmul(rh_slot + rows * HP, row_ok, HP, w_hh_ptr + 2 * HP * HP,
+                                      1, units * HP, unit_ok, BLOCK_B, BLOCK_H, BLOCK_K,
+                                      PRECISION)
+                z = tl.load(ws_at + H, mask=tile_ok & vmask, other=0.0).to(tl.float32)
+                n = _tanh(tl.load(x_at + 2 * H, mask=tile_ok, other=0.0).to(tl.float32) + m_n)
+                h_new = (1.0 - z) * n + z * h
+                h = tl.where(vmask, h_new, h)
+                tl.store(ws_at + 2 * H, tl.where(vmask, n, 0.0).to(ws_ty), mask=tile_ok)
+                tl.store(out_at, tl.where(vmask, h_new, 0.0).to(out_ty), mask=tile_ok)
+                tl.store(h_dst, h.to(xch_ty), mask=tile_ok)
+                _sync(sem, n_htiles, is_leader, SYNC)
+        if CELL >= 3:
+            x_a = tl.load(x_at, mask=tile_ok, other=0.0).to(tl.float32)
+            m_a = _stacked_matmul(h_src_rows, row_ok, HP, w_hh_ptr, 1, units * HP, unit_ok,
+                                  BLOCK_B, BLOCK_H, BLOCK_K, PRECISION)
+            a = x_a + m_a
+            if CELL == 3:
+                h_new = _tanh(a)
+            else:
+                h_new = tl.maximum(a, 0.0)
+            h = tl.where(vmask, h_new, h)
+            tl.store(ws_at, tl.where(vmask, h_new, 0.0).to(ws_ty), mask=tile_ok)
+            tl.store(out_at, tl.where(vmask, h_new, 0.0).to(out_ty), mask=tile_ok)
+            tl.store(h_dst, h.to(xch_ty), mask=tile_ok)
+            _sync(sem, n_htiles, is_leader, SYNC)
+
+    tl.store(h_state_ptr + own, h, mask=tile_ok)
+    if CELL == 0:
+        tl.store(c_state_ptr + own, c, mask=tile_ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward (BPTT)
+# ----------------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["iter_begin", "iter_end", "reverse"])
+def recurrent_backward_kernel(
+        grad_out_ptr,   # (T, B, H) input dtype
+        w_hh_ptr,       # (G*HP, HP) W_hh, zero-padded to HP
+        lengths_ptr,    # (B,) int64
+        h0_ptr,         # (B, H) input dtype
+        c0_ptr,         # (B, H) input dtype (LSTM)
+        out_ptr,        # (T, B, H) forward output (h_prev of GRU)
+        ws_ptr,         # (T, B, WS_WIDTH*H) forward workspace
+        dh_state_ptr,   # (B, H) float32 dh carry (the part not yet reduced over W_hh^T)
+        dc_state_ptr,   # (B, H) float32 dc carry (LSTM)
+        dh_total_ptr,   # (B, H) float32 dh of the step, between the GRU reset_before phases
+        dgate_ptr,      # (T, B, G*HP) dot dtype: gate gradients (hh side), also the exchange
+                        # (zero in the padding units: the dh reduction runs over G*HP)
+        dgate_n_ptr,    # (T, B, H) dot dtype: GRU reset_after d(pre-activation of n), ih side
+        sem_ptr,        # (n_batch_tiles,) int32 barrier words
+        iter_begin, iter_end, T, B, H, HP, reverse,
+        CELL: tl.constexpr, NUM_GATES: tl.constexpr, WS_WIDTH: tl.constexpr,
+        PHASES: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+        SYNC: tl.constexpr, PRECISION: tl.constexpr):
+    """Iterations [iter_begin, iter_end) of the reverse-time sweep; iteration k in 0..T:
+    (a) finishes dh of step T-k (k > 0): dh += dgate[t] (all units) @ W_hh[:, own units];
+    (b) computes the gate gradients of step T-1-k (k < T) for own units and writes them.
+    A barrier follows (b), so (a) of the next iteration sees every program's gate gradients.
+    GRU reset_before needs one more exchange per step (d(r*h) = W_hn^T da_n): phase 2.
+    Afterwards dh_state holds grad h0 and dc_state grad c0."""
+    pid = tl.program_id(0)
+    n_htiles = tl.cdiv(H, BLOCK_H)
+    pid_h = pid % n_htiles
+    pid_b = pid // n_htiles
+    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    units = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    row_ok = rows < B
+    unit_ok = units < H
+    tile_ok = row_ok[:, None] & unit_ok[None, :]
+    lengths = tl.load(lengths_ptr + rows, mask=row_ok, other=0)
+    GH = NUM_GATES * H
+    own = rows[:, None] * H + units[None, :]
+    sem = sem_ptr + pid_b
+    is_leader = pid_h == 0
+
+    dg_ty = dgate_ptr.dtype.element_ty
+    GHP = NUM_GATES * HP
+    # Gate-gradient stores cover the padding units too (zeros there): the hidden tiles tile
+    # HP exactly, so the exchange needs no zero-fill.
+    dg_ok = row_ok[:, None] & (units < HP)[None, :]
+    dh = tl.load(dh_state_ptr + own, mask=tile_ok, other=0.0)
+    if CELL == 0:
+        dc = tl.load(dc_state_ptr + own, mask=tile_ok, other=0.0)
+
+    for k in range(iter_begin, iter_end):
+        if PHASES % 2 == 1:
+            if k > 0:
+                # (a) dh of step T-k += dgate @ W_hh[:, own]; rows invalid at that step have
+                # all-zero gate gradients, so their carry passes through unchanged.
+                s_b = T - k
+                valid_b = s_b < lengths
+                t_b = _time_index(s_b, lengths, valid_b, reverse)
+                src = dgate_ptr + (t_b * B + rows) * GHP
+                if CELL == 2:
+                    k_red = 2 * HP   # the n rows went through phase 2
+                else:
+                    k_red = GHP
+                m_dh = _stacked_matmul(src, row_ok, k_red, w_hh_ptr, HP, units, unit_ok,
+                                       BLOCK_B, BLOCK_H, BLOCK_K, PRECISION)
+                dh = dh + m_dh
+            if k < T:
+                s = T - 1 - k
+                valid = s < lengths
+                vmask = valid[:, None]
+                vtile = tile_ok & vmask
+                t = _time_index(s, lengths, valid, reverse)
+                tb = t * B + rows
+                t_prev = t + tl.where(reverse != 0, 1, -1)
+                s_vec = lengths * 0 + s  # vector form: scalar-bool masks break the interpreter
+                first = vmask & (s_vec == 0)[:, None]
+                later = vtile & (s_vec > 0)[:, None]
+                ws_at = ws_ptr + tb[:, None] * (WS_WIDTH * H) + units[None, :]
+                dg_at = dgate_ptr + tb[:, None] * GHP + units[None, :]
+                g_out = tl.load(grad_out_ptr + tb[:, None] * H + units[None, :], mask=vtile,
+                                other=0.0).to(tl.float32)
+                dh_tot = dh + g_out
+                if CELL == 0:
+                    i = tl.load(ws_at, mask=vtile, other=0.0).to(tl.float32)
+                    f = tl.load(ws_at + H, mask=vtile, other=0.0).to(tl.float32)
+                    g = tl.load(ws_at + 2 * H, mask=vtile, other=0.0).to(tl.float32)
+                    o = tl.load(ws_at + 3 * H, mask=vtile, other=0.0).to(tl.float32)
+                    c_t = tl.load(ws_at + 4 * H, mask=vtile, other=0.0).to(tl.float32)
+                    c_prev = tl.load(ws_ptr + (t_prev * B + rows)[:, None] * (WS_WIDTH * H)
+                                     + 4 * H + units[None, :], mask=later, other=0.0)
+                    c_prev = c_prev.to(tl.float32) + tl.load(c0_ptr + own, mask=tile_ok & first,
+                                                             other=0.0).to(tl.float32)
+                    tc = _tanh(c_t)
+                    dc_tot = dc + dh_tot * o * (1.0 - tc * tc)
+                    da_i = dc_tot * g * i * (1.0 - i)
+                    da_f = dc_tot * c_prev * f * (1.0 - f)
+                    da_g = dc_tot * i * (1.0 - g * g)
+                    da_o = dh_tot * tc * o * (1.0 - o)
+                    tl.store(dg_at, tl.where(vmask, da_i, 0.0).to(dg_ty), mask=dg_ok)
+                    tl.store(dg_at + HP, tl.where(vmask, da_f, 0.0).to(dg_ty), mask=dg_ok)
+                    tl.store(dg_at + 2 * HP, tl.where(vmask, da_g, 0.0).to(dg_ty), mask=dg_ok)
+                    tl.store(dg_at + 3 * HP, tl.where(vmask, da_o, 0.0).to(dg_ty), mask=dg_ok)
+                    dc = tl.where(vmask, dc_tot * f, dc)
+                    dh = tl.where(vmask, 0.0, dh_tot)
+                if CELL == 1 or CELL == 2:
+                    h_prev = tl.load(out_ptr + (t_prev * B + rows)[:, None] * H + units[None, :],
+                                     mask=later, other=0.0).to(tl.float32)
+                    h_prev = h_prev + tl.load(h0_ptr + own, mask=tile_ok & first,
+                                              other=0.0).to(tl.float32)
+                    z = tl.load(ws_at + H, mask=vtile, other=0.0).to(tl.float32)
+                    n = tl.load(ws_at + 2 * H, mask=vtile, other=0.0).to(tl.float32)
+                    da_n = dh_tot * (1.0 - z) * (1.0 - n * n)
+                    da_z = dh_tot * (h_prev - n) * z * (1.0 - z)
+                    tl.store(dg_at + HP, tl.where(vmask, da_z, 0.0).to(dg_ty), mask=dg_ok)
+                    if CELL == 1:
+                        r = tl.load(ws_at, mask=vtile, other=0.0).to(tl.float32)
+                        hn = tl.load(ws_at + 3 * H, mask=vtile, other=0.0).to(tl.float32)
+                        da_r = da_n * hn * r * (1.0 - r)
+                        tl.store(dg_at, tl.where(vmask, da_r, 0.0).to(dg_ty), mask=dg_ok)
+                        tl.store(dg_at + 2 * HP, tl.where(vmask, da_n * r, 0.0).to(dg_ty),
+                                 mask=dg_ok)
+                        tl.store(dgate_n_ptr + tb[:, None] * H + units[None, :],
+                                 tl.where(vmask, da_n, 0.0).to(dg_ty), mask=tile_ok)
+                        dh = tl.where(vmask, dh_tot * z, dh)
+                    else:
+                        tl.store(dg_at + 2 * HP, tl.where(vmask, da_n, 0.0).to(dg_ty), mask=dg_ok)
+                        tl.store(dh_total_ptr + own, dh_tot, mask=tile_ok)
+                if CELL >= 3:
+                    h_t = tl.load(ws_at, mask=vtile, other=0.0).to(tl.float32)
+                    if CELL == 3:
+                        da = dh_tot * (1.0 - h_t * h_t)
+                    else:
+                        da = tl.where(h_t > 0.0, dh_tot, 0.0)
+                    tl.store(dg_at, tl.where(vmask, da, 0.0).to(dg_ty), mask=dg_ok)
+                    dh = tl.where(vmask, 0.0, dh_tot)
+            _sync(sem, n_htiles, is_leader, SYNC)
+        if PHASES >= 2:
+            # GRU reset_before phase 2: d(r*h)[own] = da_n (all units) @ W_hn[:, own];
+            # then da_r, and the direct part of dh: dh_tot * z + d(r*h) * r.
+            if k < T:
+                s = T - 1 - k
+                valid = s < lengths
+                vmask = valid[:, None]
+                vtile = tile_ok & vmask
+                t = _time_index(s, lengths, valid, reverse)
+                tb = t * B + rows
+                t_prev = t + tl.where(reverse != 0, 1, -1)
+                s_vec = lengths * 0 + s  # vector form: scalar-bool masks break the interpreter
+                first = vmask & (s_vec == 0)[:, None]
+                later = vtile & (s_vec > 0)[:, None]
+                ws_at = ws_ptr + tb[:, None] * (WS_WIDTH * H) + units[None, :]
+                dg_at = dgate_ptr + tb[:, None] * GHP + units[None, :]
+                d_rh = _stacked_matmul(dgate_ptr + (tb * GHP + 2 * HP), row_ok, HP,
+                                       w_hh_ptr + 2 * HP * HP, HP, units, unit_ok, BLOCK_B,
+                                       BLOCK_H, BLOCK_K, PRECISION)
+                h_prev = tl.load(out_ptr + (t_prev * B + rows)[:, None] * H + units[None, :],
+                                 mask=later, other=0.0).to(tl.float32)
+                h_prev = h_prev + tl.load(h0_ptr + own, mask=tile_ok & first,
+                                          other=0.0).to(tl.float32)
+                r = tl.load(ws_at, mask=vtile, other=0.0).to(tl.float32)
+                z = tl.load(ws_at + H, mask=vtile, other=0.0).to(tl.float32)
+                da_r = d_rh * h_prev * r * (1.0 - r)
+                tl.store(dg_at, tl.where(vmask, da_r, 0.0).to(dg_ty), mask=dg_ok)
+                dh_tot = tl.load(dh_total_ptr + own, mask=tile_ok, other=0.0)
+                dh = tl.where(vmask, dh_tot * z + d_rh * r, dh)
+            _sync(sem, n_htiles, is_leader, SYNC)
+
+    tl.store(dh_state_ptr + own, dh, mask=tile_ok)
+    if CELL == 0:
+        tl.store(dc_state_ptr + own, dc, mask=tile_ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# Device queries and configuration
+# ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def device_properties(index: int):
+    """(sm_count, capability) of a CUDA device."""
+    p = torch.cuda.get_device_properties(index)
+    return p.multi_processor_count, (p.major, p.minor)
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    mode: str           # "persistent" | "per_step"
+    sync: int           # SYNC_* for persistent launches (per_step: SYNC_NONE)
+    block_b: int
+    block_h: int
+    block_k: int
+    num_warps: int
+    n_btiles: int
+    n_htiles: int
+    num_stages: int = 3
+    num_warps_bwd: int = 4
+
+    @property
+    def grid(self):
+        return (self.n_btiles * self.n_htiles,)
+
+
+# Register budget per program: BLOCK_B * BLOCK_H <= 2048 state values (c, h, the gate tiles,
+# the loaded x: each one such tile) and NG * BLOCK_B * BLOCK_H <= 4096 stacked-accumulator
+# values (16 per thread at 8 warps). Larger tiles spilled in perf/compile_report.py (64x128
+# RNN float32: 255 regs + 1.5 KB stack; 64x32 LSTM/GRU: 255 regs + 8-96 B stack at any
+# BLOCK_K), so B=256 with H >= 768 runs per-step (no co-resident split fits).
+MAX_TILE_VALUES = 2048
+MAX_ACC_VALUES = 4096
+# The split-hidden grid must be co-resident: one program per SM is what we assume fits
+# (cooperative launch verifies it at launch time).
+PROGRAMS_PER_SM = 1
+
+
+def choose_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
+                  interpret: bool = False, mode: str | None = None,
+                  capability: tuple = (9, 0)) -> LaunchConfig:
+    """Pick mode and tiles for a (cell, H, B, dtype) on a device with sm_count SMs.
+
+    mode forces "single" (one program per batch tile owns all units), "split" (split hidden,
+    persistent with the grid barrier; on the interpreter per-step instead), or "per_step".
+    Default: the widest co-resident split; per-step where it does not fit."""
+    G = NUM_GATES[cell]
+    ng = 4 if G >= 3 else G
+    # BLOCK_K: the K loop is latency-bound (an L2 round trip per iteration), so few, wide
+    # chunks win: on the H200, LSTM B=1 H=512 T=256 bf16 forward took 2.10 / 2.49 / 8.9 ms at
+    # BLOCK_K 64 / 32 / 16 (float32: 2.63 / 4.17 ms at 64 / 16) with per-gate dots. With the
+    # gates stacked into one dot the W operand is no longer replicated across warps, so 128
+    # (halves) / 64 (float32: twice the bytes) fit in registers and shared memory.
+    block_k = 64 if dtype == torch.float32 else 128
+    # Tuning overrides for experiments on a device (perf/bench_rnn_gpu.py), not for users.
+    block_k = int(os.environ.get("GATEDRNN_TRITON_BLOCK_K", block_k))
+    stages = int(os.environ.get("GATEDRNN_TRITON_STAGES", 3))
+    block_b = min(max(_pow2_at_least(B), MIN_DOT_TILE), 64)
+    n_btiles = -(-B // block_b)
+    h_pad = max(_pow2_at_least(H), MIN_DOT_TILE)
+
+    def mma_warps(rows, cols):
+        # One warp per m16n8 MMA tile of the output, 2..8: more warps would only compute
+        # replicated tiles (and hold replicated operands).
+        return max(2, min(8, (rows // 16) * (cols // 8)))
+
+    elt = 4 if dtype == torch.float32 else 2
+
+    def make(mode_, sync, bb, bh):
+        nbt = -(-B // bb)
+        nht = -(-H // bh)
+        # The K loop's pipeline buffers (stages x (A chunk + W chunk)) stay within 128 KB of
+        # shared memory (sm_80 offers 163 KB; the rest stays L1 for the re-read W slice).
+        bk = block_k
+        while bk > MIN_DOT_TILE and stages * bk * (bb + ng * bh) * elt > 128 * 1024:
+            bk //= 2
+        pre_hopper = tuple(capability) < (9, 0)
+        if pre_hopper and ng * bb * bh >= 4096:
+            # Triton 3.6 on sm_80 spilled 8-24 B at 255 regs for these tiles (64x16, 32x32 with
+            # 4 gates) with the full chunk; half of it fits (perf/compile_report.py).
+            bk = min(bk, 64 // elt)
+        warps = int(os.environ.get("GATEDRNN_TRITON_WARPS", mma_warps(bb, ng * bh)))
+        # Backward: at least 4 warps for its elementwise work over G gate tiles (2 warps:
+        # GRU reset_before float32 16x16 took 255 regs + 16 B stack).
+        min_bwd = 8 if (pre_hopper and ng * bb * bh >= 2048) else 4  # 3.6/sm_80: 8 B spill
+        warps_bwd = int(os.environ.get("GATEDRNN_TRITON_WARPS", max(min_bwd, mma_warps(bb, bh))))
+        return LaunchConfig(mode_, sync, bb, bh, bk, warps, nbt, nht, stages, warps_bwd)
+
+    if mode == "single" or (mode is None and interpret):
+        # One program per batch tile holds all units: accumulators NG*BB*H_PAD; use the
+        # smallest batch tile so the interpreter and small H stay cheap.
+        bb = MIN_DOT_TILE if interpret else block_b
+        return make("persistent", SYNC_CTA, bb, h_pad)
+    if mode == "per_step" or (mode == "split" and interpret):
+        bh = max(MIN_DOT_TILE, min(h_pad // 2 if mode == "split" else 32, 32))
+        bb = MIN_DOT_TILE if interpret else block_b
+        return make("per_step", SYNC_NONE, bb, bh)
+    # Split hidden: smallest hidden tile that keeps the grid co-resident.
+    max_programs = sm_count * PROGRAMS_PER_SM
+    bh = MIN_DOT_TILE
+    while bh < h_pad and (-(-H // bh)) * n_btiles > max_programs:
+        bh *= 2
+    cfg = make("persistent", SYNC_GRID if -(-H // bh) > 1 else SYNC_CTA, block_b, bh)
+    if (cfg.n_btiles * cfg.n_htiles <= max_programs and block_b * bh <= MAX_TILE_VALUES
+            and block_b * bh * ng <= MAX_ACC_VALUES):
+        return cfg
+    if mode == "split":
+        raise ValueError("split-hidden mode does not fit co-resident on this device")
+    return make("per_step", SYNC_NONE, block_b,
+                min(MAX_TILE_VALUES // block_b, MAX_ACC_VALUES // (ng * block_b)))
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """float32 dots follow torch.backends.cudnn.allow_tf32 (what cuDNN RNNs do in float32)."""
+    if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not interpreting():
+        return "tf32"
+    return "ieee"
+
+
+def workspace_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+# ----------------------------------------------------------------------------------------------
+# Launch helpers (torch side)
+# ----------------------------------------------------------------------------------------------
+def max_registers(num_warps: int) -> int:
+    """Register cap per thread passed to ptxas (.maxnreg). Without it ptxas picked 96-128
+    registers for some configs and spilled a few bytes (perf/compile_report.py); the persistent
+    kernels run one program per SM anyway, so allow everything that fits one program."""
+    return min(255, 65536 // (32 * num_warps))
+
+
+def _launch_kwargs(cfg: LaunchConfig, backward: bool = False):
+    if interpreting():
+        return {}
+    warps = cfg.num_warps_bwd if backward else cfg.num_warps
+    kw = {"num_warps": warps, "num_stages": cfg.num_stages, "maxnreg": max_registers(warps)}
+    if cfg.mode == "persistent" and cfg.sync == SYNC_GRID:
+        kw["launch_cooperative_grid"] = True
+    return kw
+
+
+def _empty(*shape, dtype, device):
+    """torch.empty, filled with NaN under GATEDRNN_POISON_OUTPUTS=1 (the test suite) so that an
+    entry the kernel fails to write shows up."""
+    t = torch.empty(*shape, dtype=dtype, device=device)
+    if os.environ.get("GATEDRNN_POISON_OUTPUTS", "0") == "1":
+        t.fill_(float("nan"))
+    return t
+
+
+def _device_info(t: torch.Tensor):
+    """(sm_count, capability) of t's device; (1, (9, 0)) on the CPU (interpreter)."""
+    if t.is_cuda:
+        return device_properties(t.device.index if t.device.index is not None
+                                 else torch.cuda.current_device())
+    return 1, (9, 0)
+
+
+def _config_for(cell, H, B, dtype, t, mode):
+    sms, cap = _device_info(t)
+    cfg = choose_config(cell, H, B, dtype, sms, interpreting(), mode, cap)
+    LOG.debug("%s H=%d B=%d %s: %s", CELL_NAMES[cell], H, B, dtype, cfg)
+    return cfg
+
+
+def _input_projection(cell, x, w_ih, b_ih, b_hh, H):
+    """x @ W_ih^T + b_ih + b_hh for all steps at once (one GEMM through torch/cuBLAS).
+    GRU reset_after keeps b_hn out (it sits inside r * (W_hn h + b_hn))."""
+    T, B, I = x.shape
+    G = NUM_GATES[cell]
+    bias = torch.zeros(G * H, dtype=x.dtype, device=x.device)
+    if b_ih is not None:
+        bias = bias + b_ih
+    if b_hh is not None:
+        if cell == CELL_GRU:
+            bias[: 2 * H] += b_hh[: 2 * H]
+        else:
+            bias = bias + b_hh
+    return torch.addmm(bias, x.reshape(T * B, I), w_ih.t()).reshape(T, B, G * H)
+
+
+def recurrent_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, mode=None):
+    """Returns (output (T,B,H), h_n (B,H), c_n (B,H) or None, workspace (T,B,W*H))."""
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    G = NUM_GATES[cell]
+    dev = x.device
+    cfg = _config_for(cell, H, B, x.dtype, x, mode)
+    xproj = _input_projection(cell, x, w_ih, b_ih, b_hh, H)
+    out = _empty(T, B, H, dtype=x.dtype, device=dev)
+    ws = _empty(T, B, WORKSPACE_WIDTH[cell] * H, dtype=workspace_dtype(x.dtype), device=dev)
+    h_state = h0.to(torch.float32).clone()
+    HP = padded_hidden(H, cfg)
+    w_pad = _padded_weight(w_hh, G, H, HP)
+    h_exchange = torch.zeros(2, B, HP, dtype=x.dtype, device=dev)   # zero padding units
+    h_exchange[0, :, :H] = h0
+    c_state = (c0.float().clone() if cell == CELL_LSTM
+               else torch.empty(1, dtype=torch.float32, device=dev))
+    exchange = (torch.zeros(2, B, HP, dtype=x.dtype, device=dev)
+                if cell == CELL_GRU_RESET_BEFORE else h_exchange)
+    b_hn = (b_hh[2 * H:] if (cell == CELL_GRU and b_hh is not None)
+            else torch.zeros(H, dtype=x.dtype, device=dev))
+    sem = torch.zeros(cfg.n_btiles, dtype=torch.int32, device=dev)
+    lengths = lengths.to(device=dev, dtype=torch.int64)
+    two_phase = cell == CELL_GRU_RESET_BEFORE
+    common = dict(CELL=cell, NUM_GATES=G, WS_WIDTH=WORKSPACE_WIDTH[cell], 
+                  BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
+                  PRECISION=dot_precision(x.dtype), **_launch_kwargs(cfg))
+    args = (xproj, w_pad, b_hn, lengths, h_state, h_exchange, c_state, exchange, out, ws, sem)
+    if cfg.mode == "persistent":
+        recurrent_forward_kernel[cfg.grid](*args, 0, T, B, H, HP, int(reverse),
+                                           PHASES=3 if two_phase else 1, SYNC=cfg.sync,
+                                           **common)
+    else:
+        for s in range(T):
+            for phases in ((1, 2) if two_phase else (1,)):
+                recurrent_forward_kernel[cfg.grid](*args, s, s + 1, B, H, HP, int(reverse),
+                                                   PHASES=phases, SYNC=SYNC_NONE, **common)
+    h_n = h_state.to(x.dtype)
+    c_n = c_state.to(x.dtype) if cell == CELL_LSTM else None
+    return out, h_n, c_n, ws
+
+
+def padded_hidden(H: int, cfg: LaunchConfig) -> int:
+    """Row stride of W_hh and of the exchange buffers: H rounded up to the hidden tile (itself a
+    multiple of 16), so every exchanged row is 16-element aligned (vector loads) and the hidden
+    tiles cover the padding exactly. Equal to H for the usual sizes (multiples of 32)."""
+    return -(-H // cfg.block_h) * cfg.block_h
+
+
+def _padded_weight(w_hh, G, H, HP):
+    """W_hh as (G, HP, HP), zero-padded (no copy when HP == H)."""
+    if HP == H:
+        return w_hh
+    w = torch.zeros(G, HP, HP, dtype=w_hh.dtype, device=w_hh.device)
+    w[:, :H, :H] = w_hh.view(G, H, H)
+    return w
+
+
+def _previous_states(output, h0, lengths, reverse):
+    """h_prev[t, b]: the state before processing time t (h0 at a sequence's first step)."""
+    T = output.shape[0]
+    if not reverse:
+        return torch.cat([h0[None], output[:-1]], 0)
+    shifted = torch.cat([output[1:], torch.zeros_like(h0)[None]], 0)
+    t = torch.arange(T, device=output.device)[:, None]
+    first = (t == (lengths.to(output.device)[None, :] - 1))[:, :, None]
+    return torch.where(first, h0[None], shifted)
+
+
+def recurrent_backward(cell, grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh,
+                       lengths, reverse, output, workspace, mode=None):
+    """Returns (grad_x, grad_h0, grad_c0 or None, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh).
+
+    The kernel computes the per-step gate gradients (T,B,G*H) and the dh/dc carries; dx, dW_ih,
+    dW_hh and the bias gradients are GEMMs/sums over all steps (deterministic, no atomics)."""
+    T, B, I = x.shape
+    H = h0.shape[1]
+    G = NUM_GATES[cell]
+    dev = x.device
+    cfg = _config_for(cell, H, B, x.dtype, x, mode)
+    f32 = torch.float32
+    dh_state = grad_h_n.to(f32).clone()
+    dc_state = (grad_c_n.to(f32).clone() if cell == CELL_LSTM
+                else torch.empty(1, dtype=f32, device=dev))
+    dh_total = (torch.empty(B, H, dtype=f32, device=dev) if cell == CELL_GRU_RESET_BEFORE
+                else dh_state)
+    # Gate gradients in the input dtype: the weight GEMMs consume them in that dtype anyway,
+    # and the per-step exchange moves half the bytes for half inputs.
+    HP = padded_hidden(H, cfg)
+    w_pad = _padded_weight(w_hh, G, H, HP)
+    dgate = _empty(T, B, G * HP, dtype=x.dtype, device=dev)
+    dgate_n = (_empty(T, B, H, dtype=x.dtype, device=dev) if cell == CELL_GRU else dgate)
+    sem = torch.zeros(cfg.n_btiles, dtype=torch.int32, device=dev)
+    lengths_d = lengths.to(device=dev, dtype=torch.int64)
+    c0_arg = c0 if c0 is not None else h0
+    two_phase = cell == CELL_GRU_RESET_BEFORE
+    common = dict(CELL=cell, NUM_GATES=G, WS_WIDTH=WORKSPACE_WIDTH[cell], 
+                  BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
+                  PRECISION=dot_precision(x.dtype), **_launch_kwargs(cfg, backward=True))
+    args = (grad_output, w_pad, lengths_d, h0, c0_arg, output, workspace, dh_state, dc_state,
+            dh_total, dgate, dgate_n, sem)
+    if cfg.mode == "persistent":
+        recurrent_backward_kernel[cfg.grid](*args, 0, T + 1, T, B, H, HP, int(reverse),
+                                            PHASES=3 if two_phase else 1, SYNC=cfg.sync,
+                                            **common)
+    else:
+        for k in range(T + 1):
+            for phases in ((1, 2) if two_phase else (1,)):
+                recurrent_backward_kernel[cfg.grid](*args, k, k + 1, T, B, H, HP, int(reverse),
+                                                    PHASES=phases, SYNC=SYNC_NONE, **common)
+
+    # Weight-side reductions over all T*B rows as GEMMs, in the input dtype for half types
+    # (cuBLAS accumulates in float32) and float32 otherwise.
+    gemm_dtype = x.dtype
+    dg_hh = dgate.view(T * B, G, HP)[:, :, :H].reshape(T * B, G * H)  # a view when HP == H
+    if cell == CELL_GRU:
+        dg_ih = torch.cat([dg_hh[:, : 2 * H], dgate_n.reshape(T * B, H)], -1)
+    else:
+        dg_ih = dg_hh
+    h_prev = _previous_states(output, h0, lengths_d, reverse).reshape(T * B, H)
+    x2 = x.reshape(T * B, I)
+    grad_x = (dg_ih.to(gemm_dtype) @ w_ih).reshape(T, B, I)
+    grad_w_ih = (dg_ih.to(gemm_dtype).t() @ x2).to(w_ih.dtype)
+    if cell == CELL_GRU_RESET_BEFORE:
+        r = workspace[..., :H].reshape(T * B, H)
+        grad_w_hh = torch.cat([
+            dg_hh[:, : 2 * H].to(gemm_dtype).t() @ h_prev,
+            dg_hh[:, 2 * H:].to(gemm_dtype).t() @ (r * h_prev.to(r.dtype)).to(gemm_dtype)], 0)
+    else:
+        grad_w_hh = dg_hh.to(gemm_dtype).t() @ h_prev
+    grad_w_hh = grad_w_hh.to(w_hh.dtype)
+    grad_b_hh = dg_hh.sum(0, dtype=f32).to(w_hh.dtype)
+    grad_b_ih = dg_ih.sum(0, dtype=f32).to(w_ih.dtype)
+    grad_h0 = dh_state.to(x.dtype)
+    grad_c0 = dc_state.to(x.dtype) if cell == CELL_LSTM else None
+    return grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh
+
+
+# ----------------------------------------------------------------------------------------------
+# Enumeration for the compile gate
+# ----------------------------------------------------------------------------------------------
+def kernel_configs(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
+                   capability: tuple = (9, 0)):
+    """Every (kernel name, constexprs, num_warps, num_stages) the launchers can compile for
+    (cell, H, B, dtype) on a device with sm_count SMs in default mode: forward and backward,
+    every PHASES value. Used by perf/compile_report.py."""
+    return expand_config(cell, choose_config(cell, H, B, dtype, sm_count,
+                                             capability=capability), dtype)
+
+
+def expand_config(cell: int, cfg: LaunchConfig, dtype: torch.dtype):
+    """The (kernel name, constexprs, num_warps, num_stages) launches of one LaunchConfig."""
+    two_phase = cell == CELL_GRU_RESET_BEFORE
+    if cfg.mode == "per_step":
+        phases, sync = ((1, 2) if two_phase else (1,)), SYNC_NONE
+    else:
+        phases, sync = ((3,) if two_phase else (1,)), cfg.sync
+    out = []
+    for kernel in ("recurrent_forward_kernel", "recurrent_backward_kernel"):
+        for ph in phases:
+            constexprs = dict(CELL=cell, NUM_GATES=NUM_GATES[cell],
+                              WS_WIDTH=WORKSPACE_WIDTH[cell], PHASES=ph,
+                              BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
+                              SYNC=sync, PRECISION="tf32" if dtype == torch.float32 else "ieee")
+            warps = cfg.num_warps_bwd if "backward" in kernel else cfg.num_warps
+            out.append((kernel, constexprs, warps, cfg.num_stages))
+    return out
+
+
+@triton.jit(do_not_specialize=["steps"])
+def barrier_only_kernel(sem_ptr, steps, n_htiles, SYNC: tl.constexpr):
+    """Only the per-step synchronisation of the persistent kernels (the per-step latency floor
+    that perf/bench_rnn_gpu.py compares against); grid = n_batch_tiles * n_htiles."""
+    pid = tl.program_id(0)
+    for _ in range(steps):
+        _sync(sem_ptr + pid // n_htiles, n_htiles, pid % n_htiles == 0, SYNC)
+
+
+def barrier_floor(cfg: LaunchConfig, steps: int, device):
+    """Launch barrier_only_kernel with cfg's grid for `steps` steps (returns nothing)."""
+    sem = torch.zeros(cfg.n_btiles, dtype=torch.int32, device=device)
+    kw = _launch_kwargs(cfg)
+    kw.pop("num_stages", None)
+    barrier_only_kernel[cfg.grid](sem, steps, cfg.n_htiles, SYNC=cfg.sync, **kw)

@@ -1,0 +1,201 @@
+"""Triton kernels under TRITON_INTERPRET=1 (CPU tensors) against the float64 NumPy oracle.
+
+Every cell and convention (LSTM, GRU reset_after / reset_before, RNN tanh / relu), forward
+(output, h_n, c_n, workspace) and every gradient, in both modes: single-program (one program
+owns all hidden units, all steps in one launch) and split-hidden in its interpreter-safe form
+(hidden units split over programs, one launch per step/phase), with unsorted lengths including
+0 and T, reverse, missing biases and several batch tiles. float32 (no bf16 in the interpreter).
+
+Triton picks the interpreter when ``@triton.jit`` decorates, i.e. at import of the kernel
+modules. Other test files may import them first (compiled mode), so the cases run in a fresh
+subprocess (``pytest`` on this file with TRITON_INTERPRET=1); in that subprocess the cases run
+directly. Runtime: ~40 s on 2 cores.
+"""
+import importlib
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+CELLS = [("lstm", None), ("gru", True), ("gru", False), ("rnn", "tanh"), ("rnn", "relu")]
+NUM_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def kernel_module(name):
+    """gatedrnn.kernels.<name> when installed, else kernels.<name> from the checkout."""
+    try:
+        return importlib.import_module(f"gatedrnn.kernels.{name}")
+    except ImportError:
+        if ROOT not in sys.path:
+            sys.path.insert(0, ROOT)
+        return importlib.import_module(f"kernels.{name}")
+
+
+def oracle_module():
+    try:
+        return importlib.import_module("gatedrnn.oracle")
+    except ImportError:
+        if ROOT not in sys.path:
+            sys.path.insert(0, ROOT)
+        return importlib.import_module("gatedrnn.oracle")
+
+
+def _oracle_cell_name(cell, option):
+    if cell == "gru":
+        return "gru" if option else "gru_reset_before"
+    return cell
+
+
+def rel_err(got, ref):
+    got = got.detach().double().cpu().numpy()
+    ref = np.asarray(ref, dtype=np.float64)
+    assert got.shape == ref.shape, (got.shape, ref.shape)
+    assert np.isfinite(got).all(), "non-finite entries (unwritten output?)"
+    return np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30)
+
+
+def check_case(cell, option, T, B, I, H, lengths, reverse, mode, *, dtype=torch.float32,
+               device="cpu", bias=True, tol=1e-5, seed=0):
+    """Run forward + backward of one configuration and compare with the oracle.
+
+    Returns the largest relative error seen (asserts each is below tol)."""
+    oracle = oracle_module()
+    mod = kernel_module(cell)
+    rng = np.random.default_rng(seed)
+    G = NUM_GATES[cell]
+    scale = 1.0 / np.sqrt(H)
+    x = rng.standard_normal((T, B, I))
+    h0 = rng.standard_normal((B, H)) * 0.5
+    c0 = rng.standard_normal((B, H)) * 0.5
+    w_ih = rng.uniform(-scale, scale, (G * H, I))
+    w_hh = rng.uniform(-scale, scale, (G * H, H))
+    b_ih = rng.uniform(-scale, scale, G * H) if bias else None
+    b_hh = rng.uniform(-scale, scale, G * H) if bias else None
+    lengths = np.asarray(lengths, dtype=np.int64)
+    grad_out = rng.standard_normal((T, B, H))
+    grad_hn = rng.standard_normal((B, H))
+    grad_cn = rng.standard_normal((B, H))
+
+    def dev(a):
+        return None if a is None else torch.tensor(a, dtype=dtype, device=device)
+
+    def rounded(a):  # what the kernel sees, so the oracle gets the same inputs
+        return None if a is None else torch.tensor(a).to(dtype).double().numpy()
+
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_out, grad_hn, grad_cn = map(
+        rounded, (x, h0, c0, w_ih, w_hh, b_ih, b_hh, grad_out, grad_hn, grad_cn))
+    tx, th0, tc0, twih, twhh, tbih, tbhh = map(dev, (x, h0, c0, w_ih, w_hh, b_ih, b_hh))
+    tlen = torch.tensor(lengths, dtype=torch.int64, device=device)
+    tgo, tghn, tgcn = map(dev, (grad_out, grad_hn, grad_cn))
+    # The oracle zeroes outputs past a length, so their gradient must not matter either.
+    errs = {}
+    if cell == "lstm":
+        ref_out, ref_hn, ref_cn, cache = oracle.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh,
+                                                             lengths, reverse)
+        refs_bwd = oracle.lstm_backward(grad_out, grad_hn, grad_cn, cache)
+        out, hn, cn, ws = mod.lstm_forward(tx, th0, tc0, twih, twhh, tbih, tbhh, tlen, reverse,
+                                           mode=mode)
+        grads = mod.lstm_backward(tgo, tghn, tgcn, tx, th0, tc0, twih, twhh, tbih, tbhh, tlen,
+                                  reverse, out, ws, mode=mode)
+        errs["c_n"] = rel_err(cn, ref_cn)
+        names = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh")
+    elif cell == "gru":
+        ref_out, ref_hn, cache = oracle.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths,
+                                                    reverse, option)
+        refs_bwd = oracle.gru_backward(grad_out, grad_hn, cache)
+        out, hn, ws = mod.gru_forward(tx, th0, twih, twhh, tbih, tbhh, tlen, reverse, option,
+                                      mode=mode)
+        grads = mod.gru_backward(tgo, tghn, tx, th0, twih, twhh, tbih, tbhh, tlen, reverse,
+                                 option, out, ws, mode=mode)
+        names = ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh")
+    else:
+        ref_out, ref_hn, cache = oracle.rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths,
+                                                    reverse, option)
+        refs_bwd = oracle.rnn_backward(grad_out, grad_hn, cache)
+        out, hn, ws = mod.rnn_forward(tx, th0, twih, twhh, tbih, tbhh, tlen, reverse, option,
+                                      mode=mode)
+        grads = mod.rnn_backward(tgo, tghn, tx, th0, twih, twhh, tbih, tbhh, tlen, reverse,
+                                 option, out, ws, mode=mode)
+        names = ("x", "h0", "w_ih", "w_hh", "b_ih", "b_hh")
+    errs["output"] = rel_err(out, ref_out)
+    errs["h_n"] = rel_err(hn, ref_hn)
+    errs["workspace"] = rel_err(ws, oracle.workspace(_oracle_cell_name(cell, option), cache))
+    # Past a length, outputs and workspace are exactly zero.
+    t_idx = np.arange(T)[:, None]
+    past = torch.tensor(t_idx >= lengths[None, :])
+    assert (out.cpu()[past] == 0).all() and (ws.cpu()[past] == 0).all()
+    for name, got, ref in zip(names, grads, refs_bwd):
+        errs["grad_" + name] = rel_err(got, ref)
+    bad = {k: v for k, v in errs.items() if not v < tol}
+    assert not bad, f"relative errors above {tol}: {bad}"
+    return errs
+
+
+# ---------------------------------------------------------------------------------------------
+# Cases (run in the interpreter subprocess)
+# ---------------------------------------------------------------------------------------------
+needs_interpreter = pytest.mark.skipif(
+    not INTERPRETING, reason="runs in the TRITON_INTERPRET=1 subprocess (test_in_interpreter)")
+
+
+@needs_interpreter
+@pytest.mark.parametrize("mode", ["single", "split"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell,option", CELLS)
+def test_cell_against_oracle(cell, option, reverse, mode):
+    # H=20: units masked in both modes; split mode uses 2 hidden tiles of 16.
+    # lengths unsorted, with 0 (returns h0/c0) and T.
+    check_case(cell, option, T=5, B=3, I=4, H=20, lengths=[5, 0, 3], reverse=reverse,
+               mode=mode)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("cell,option", CELLS)
+def test_two_batch_tiles_no_bias(cell, option):
+    # B=18 > 16: two batch tiles (two barrier groups in split mode); no biases; H=33 needs
+    # 3 hidden tiles in split mode.
+    lengths = [4, 1, 0, 4, 2, 3, 4, 4, 0, 1, 2, 3, 4, 3, 2, 1, 4, 2]
+    check_case(cell, option, T=4, B=18, I=3, H=33, lengths=lengths, reverse=True,
+               mode="split", bias=False)
+
+
+@needs_interpreter
+def test_default_config_full_lengths():
+    check_case("lstm", None, T=6, B=2, I=5, H=16, lengths=[6, 6], reverse=False, mode=None)
+
+
+@needs_interpreter
+def test_mode_choice_is_logged(caplog):
+    import logging
+    with caplog.at_level(logging.DEBUG, logger="gatedrnn.kernels"):
+        check_case("rnn", "tanh", T=2, B=1, I=2, H=16, lengths=[2], reverse=False, mode=None)
+    assert any("rnn_tanh" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point in an ordinary (non-interpreter) test session
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.skipif(INTERPRETING, reason="already inside the interpreter subprocess")
+def test_in_interpreter():
+    triton = pytest.importorskip("triton")
+    # Triton 3.6's interpreter turns integer kernel arguments into 1-element arrays and calls
+    # int() on them (range bounds), which NumPy >= 2.4 rejects; 3.9's interpreter is fine.
+    tv = tuple(int(p) for p in triton.__version__.split(".")[:2])
+    nv = tuple(int(p) for p in np.__version__.split(".")[:2])
+    if tv < (3, 7) and nv >= (2, 4):
+        pytest.skip(f"interpreter of triton {triton.__version__} fails with numpy {np.__version__}")
+    env = dict(os.environ, TRITON_INTERPRET="1", GATEDRNN_POISON_OUTPUTS="1")
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(
+        os.pathsep) if p])
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+         os.path.abspath(__file__)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
