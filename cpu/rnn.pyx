@@ -20,50 +20,13 @@ from libc.string cimport memcpy, memset
 cimport openmp
 
 from _common cimport gemm, omp_barrier
+from _recurrent cimport (_panel_width, _panel_size, _panel_gemm, _pack_panels, _unit_range,
+                        _team_size, _time_index, _zero_if_empty)
 
 
 cdef extern from * nogil:
     """
-    #include <math.h>
-    #include <stdint.h>
-    #include <string.h>
-
-    /* exp, sigmoid and tanh for float32 as straight-line arithmetic: libm's expf is an opaque
-     * scalar call (gcc only vectorises it under -ffast-math), and the gate math must vectorise
-     * or it costs as much as the GEMMs at large batch. Cephes expf (polynomial on
-     * [-ln2/2, ln2/2], about 1 ulp) and Cephes tanhf (odd polynomial below 0.625, where
-     * 1 - 2/(e^2x + 1) would cancel). float64 keeps libm: exact, and it has no speed bar. */
-    static inline float gatedrnn_expf(float x)
-    {
-        x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-        /* round to nearest without a libm call: adding 1.5 * 2^23 pushes the fraction out */
-        float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-        float r = x - n * 0.693359375f;
-        r = r + n * 2.12194440e-4f;
-        float p = 1.9875691500e-4f;
-        p = p * r + 1.3981999507e-3f;
-        p = p * r + 8.3334519073e-3f;
-        p = p * r + 4.1665795894e-2f;
-        p = p * r + 1.6666665459e-1f;
-        p = p * r + 5.0000001201e-1f;
-        p = p * (r * r) + r + 1.0f;
-        int32_t bits = ((int32_t)n + 127) << 23;
-        float scale;
-        memcpy(&scale, &bits, sizeof scale);
-        return p * scale;
-    }
-    static inline float gatedrnn_sigmoidf(float x) { return 1.0f / (1.0f + gatedrnn_expf(-x)); }
-    static inline float gatedrnn_tanhf(float x)
-    {
-        float ax = fabsf(x);
-        float z = x * x;
-        float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z
-                         - 5.37397155531e-2f) * z + 1.33314422036e-1f) * z
-                       - 3.33332819422e-1f) * z * x + x;
-        float e = gatedrnn_expf(2.0f * (ax < 9.0f ? ax : 9.0f));
-        float big = copysignf(1.0f - 2.0f / (e + 1.0f), x);
-        return ax < 0.625f ? small : big;
-    }
+    #include "_recurrent_kernels.h"
 
     /* Fused activation for one batch row and m hidden units (restrict so the loops
      * vectorise). ws holds the input projection on entry and h_t on exit. */
@@ -106,84 +69,7 @@ cdef extern from * nogil:
 
     GATEDRNN_RNN_KERNELS(float, f, gatedrnn_tanhf)
     GATEDRNN_RNN_KERNELS(double, d, tanh)
-
-    /* The per-step recurrent product C (M x N) (+)= A (M x K) @ Bp, with M = batch (small),
-     * and Bp this thread's slice of W_hh packed once per call as ceil(N / NR) column panels of
-     * K x NR (zero-padded), each contiguous, so a panel streams from L2 with no per-call
-     * packing. OpenBLAS re-packs its operands on every call, which at batch <= 64 costs about
-     * as much as the arithmetic. The MR x NR accumulator tile lives in registers (gcc unrolls
-     * and vectorises the constant-trip loops; 8 x 32 floats = 16 zmm); a single leftover row
-     * keeps two accumulators so consecutive k do not wait on each other's FMA. */
-    #define GATEDRNN_PANEL_GEMM(T, S, NR, MR)                                                    \
-    static __attribute__((noinline)) void panel_gemm_##S(int M, int N, int K,                 \
-            const T *restrict A, int lda, const T *restrict Bp, T *restrict C, int ldc,          \
-            int accumulate)                                                                      \
-    {                                                                                            \
-        for (int p = 0; p * NR < N; p++) {                                                       \
-            const T *restrict panel = Bp + (size_t)p * K * NR;                                   \
-            const int n = N - p * NR < NR ? N - p * NR : NR;                                     \
-            T *restrict Cp = C + p * NR;                                                         \
-            int i0 = 0;                                                                          \
-            for (; i0 + MR <= M; i0 += MR) {                                                     \
-                T acc[MR][NR];                                                                   \
-                _Pragma("GCC unroll 16")                                                         \
-                for (int r = 0; r < MR; r++)                                                     \
-                    for (int c = 0; c < NR; c++) acc[r][c] = 0;                                  \
-                for (int k = 0; k < K; k++) {                                                    \
-                    const T *restrict b = panel + (size_t)k * NR;                                \
-                    _Pragma("GCC unroll 16")                                                     \
-                    for (int r = 0; r < MR; r++) {                                               \
-                        const T a = A[(size_t)(i0 + r) * lda + k];                               \
-                        for (int c = 0; c < NR; c++) acc[r][c] += a * b[c];                      \
-                    }                                                                            \
-                }                                                                                \
-                for (int r = 0; r < MR; r++) {                                                   \
-                    T *restrict c_row = Cp + (size_t)(i0 + r) * ldc;                             \
-                    if (n == NR) {                                                               \
-                        if (accumulate) for (int c = 0; c < NR; c++) c_row[c] += acc[r][c];      \
-                        else for (int c = 0; c < NR; c++) c_row[c] = acc[r][c];                  \
-                    } else {                                                                     \
-                        for (int c = 0; c < n; c++)                                              \
-                            c_row[c] = (accumulate ? c_row[c] : 0) + acc[r][c];                  \
-                    }                                                                            \
-                }                                                                                \
-            }                                                                                    \
-            for (; i0 < M; i0++) {                                                               \
-                T acc0[NR], acc1[NR];                                                            \
-                const T *restrict a_row = A + (size_t)i0 * lda;                                  \
-                for (int c = 0; c < NR; c++) { acc0[c] = 0; acc1[c] = 0; }                       \
-                int k = 0;                                                                       \
-                for (; k + 1 < K; k += 2) {                                                      \
-                    const T a0 = a_row[k], a1 = a_row[k + 1];                                    \
-                    const T *restrict b = panel + (size_t)k * NR;                                \
-                    for (int c = 0; c < NR; c++) {                                               \
-                        acc0[c] += a0 * b[c];                                                    \
-                        acc1[c] += a1 * b[NR + c];                                               \
-                    }                                                                            \
-                }                                                                                \
-                if (k < K) {                                                                     \
-                    const T a0 = a_row[k];                                                       \
-                    const T *restrict b = panel + (size_t)k * NR;                                \
-                    for (int c = 0; c < NR; c++) acc0[c] += a0 * b[c];                           \
-                }                                                                                \
-                T *restrict c_row = Cp + (size_t)i0 * ldc;                                       \
-                for (int c = 0; c < n; c++)                                                      \
-                    c_row[c] = (accumulate ? c_row[c] : 0) + acc0[c] + acc1[c];                  \
-            }                                                                                    \
-        }                                                                                        \
-    }
-
-    #define GATEDRNN_NR_F 32
-    #define GATEDRNN_NR_D 16
-    GATEDRNN_PANEL_GEMM(float, f, 32, 8)
-    GATEDRNN_PANEL_GEMM(double, d, 16, 8)
     """
-    const int NR_F "GATEDRNN_NR_F"
-    const int NR_D "GATEDRNN_NR_D"
-    void panel_gemm_f(int M, int N, int K, const float* A, int lda, const float* Bp,
-                      float* C, int ldc, int accumulate)
-    void panel_gemm_d(int M, int N, int K, const double* A, int lda, const double* Bp,
-                      double* C, int ldc, int accumulate)
     void rnn_fwd_tanh_f(int m, float* ws, const float* g, const float* bias, float* out,
                         float* h_next)
     void rnn_fwd_tanh_d(int m, double* ws, const double* g, const double* bias, double* out,
@@ -218,92 +104,6 @@ cdef inline void _bwd(bint relu, int m, floating* dh, const floating* go, const 
         rnn_bwd_f(m, relu, dh, go, h_, gx, st, db)
     else:
         rnn_bwd_d(m, relu, dh, go, h_, gx, st, db)
-
-
-cdef inline Py_ssize_t _panel_width(const floating* like) noexcept nogil:
-    """Columns per packed panel of W_hh (the register tile width of panel_gemm)."""
-    return NR_F if floating is float else NR_D
-
-
-cdef inline Py_ssize_t _panel_size(Py_ssize_t K, Py_ssize_t N, Py_ssize_t nr) noexcept nogil:
-    """Elements of a K x N matrix packed as zero-padded panels of nr columns."""
-    return (N + nr - 1) // nr * nr * K
-
-
-cdef inline void _panel_gemm(Py_ssize_t M, Py_ssize_t N, Py_ssize_t K, const floating* A,
-                             Py_ssize_t lda, const floating* packed, floating* C,
-                             Py_ssize_t ldc, bint accumulate) noexcept nogil:
-    """C (M x N) = (C +) A (M x K) @ B, B packed by _pack_panels."""
-    if floating is float:
-        panel_gemm_f(<int> M, <int> N, <int> K, A, <int> lda, packed, C, <int> ldc, accumulate)
-    else:
-        panel_gemm_d(<int> M, <int> N, <int> K, A, <int> lda, packed, C, <int> ldc, accumulate)
-
-
-cdef void _pack_panels(Py_ssize_t K, Py_ssize_t N, Py_ssize_t nr, const floating* src,
-                       Py_ssize_t stride_k, Py_ssize_t stride_col, Py_ssize_t gate_cols,
-                       Py_ssize_t gate_stride, floating* dst) noexcept nogil:
-    """Pack the K x N matrix B into panels: dst[(p * K + k) * nr + c] = B[k, p * nr + c], zero
-    past N. Column col of B is unit col % gate_cols of gate col // gate_cols:
-    B[k, col] = src[k * stride_k + (col // gate_cols) * gate_stride + (col % gate_cols) * stride_col].
-    The loop order follows the contiguous direction of src (k when stride_k == 1).
-    """
-    cdef Py_ssize_t p, k, c, gate = 0, unit = 0, width
-    cdef Py_ssize_t col_offset[64]      # source offset of each column of the panel (nr <= 64)
-    cdef floating* panel
-    for p in range((N + nr - 1) // nr):
-        width = min(nr, N - p * nr)
-        for c in range(width):
-            col_offset[c] = gate * gate_stride + unit * stride_col
-            unit += 1
-            if unit == gate_cols:
-                unit = 0
-                gate += 1
-        panel = dst + p * K * nr
-        if stride_k == 1:
-            for c in range(width):
-                for k in range(K):
-                    panel[k * nr + c] = src[col_offset[c] + k]
-        else:
-            for k in range(K):
-                for c in range(width):
-                    panel[k * nr + c] = src[k * stride_k + col_offset[c]]
-        for k in range(K):
-            for c in range(width, nr):
-                panel[k * nr + c] = 0
-
-
-# ---------------------------------------------------------------------------------------------
-# Work split.
-
-cdef inline void _unit_range(Py_ssize_t H, int tid, int nthreads, Py_ssize_t* j0,
-                             Py_ssize_t* j1) noexcept nogil:
-    """Hidden units [j0, j1) owned by thread tid: balanced, boundaries on multiples of 16 so
-    each thread's slice starts on a vector (and, in float32, a cache line) boundary."""
-    j0[0] = (H * tid // nthreads) // 16 * 16
-    if tid == nthreads - 1:
-        j1[0] = H
-    else:
-        j1[0] = (H * (tid + 1) // nthreads) // 16 * 16
-
-
-cdef inline int _team_size(int num_threads, Py_ssize_t H) noexcept nogil:
-    """Threads worth starting: each needs at least 16 hidden units, or the per-step barrier
-    costs more than the work it splits."""
-    cdef Py_ssize_t most = H // 16
-    if most < 1:
-        most = 1
-    if num_threads < 1:
-        num_threads = 1
-    return <int> (num_threads if num_threads < most else most)
-
-
-cdef inline Py_ssize_t _time_index(Py_ssize_t step, Py_ssize_t length,
-                                   bint reverse) noexcept nogil:
-    """Time index processed at `step` by a sequence of `length` (valid only if step < length):
-    reverse runs each sequence backwards within its own length."""
-    return length - 1 - step if reverse else step
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,16 +285,6 @@ cdef void _backward_thread(
     r1 = TB * (tid + 1) // nthreads
     gemm(False, False, r1 - r0, I, H, <floating> 1, gx + r0 * H, H, w_ih, I, <floating> 0,
          grad_x + r0 * I, I)
-
-
-cdef inline void _zero_if_empty(Py_ssize_t k, Py_ssize_t m, Py_ssize_t ld,
-                                floating* c) noexcept nogil:
-    """A GEMM over k = 0 terms must still write C = 0 (T == 1); do it here rather than rely
-    on how a BLAS treats k == 0."""
-    cdef Py_ssize_t i
-    if k <= 0:
-        for i in range(m):
-            memset(c + i * ld, 0, ld * sizeof(floating))
 
 
 def rnn_backward(const floating[:, :, ::1] grad_output, const floating[:, ::1] grad_h_n,

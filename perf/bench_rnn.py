@@ -10,6 +10,7 @@ warm-up, and the table reports the median of ``--repeats`` runs and the ratio to
     python perf/bench_rnn.py                  # the full CPU table
     python perf/bench_rnn.py --quick          # a one-minute subset
     python perf/bench_rnn.py --gpu [...]      # perf/bench_rnn_gpu.py: Triton against cuDNN
+    python perf/bench_rnn.py --modules [...]  # perf/bench_rnn_modules.py: whole nn modules
 """
 from __future__ import annotations
 
@@ -132,6 +133,8 @@ def machine_description() -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu", action="store_true", help="run perf/bench_rnn_gpu.py (Triton vs cuDNN) instead")
+    parser.add_argument("--modules", action="store_true",
+                        help="run perf/bench_rnn_modules.py (2-layer bidirectional nn modules) instead")
     parser.add_argument("--quick", action="store_true", help="a small subset (LSTM and GRU at two sizes)")
     parser.add_argument("--cells", default=",".join(CELLS), help="comma-separated cells (default: all)")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per implementation (median)")
@@ -139,15 +142,14 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="threads for torch and gatedrnn")
     parser.add_argument("--backend", default="cython", help="gatedrnn backend to time (default cython)")
     parser.add_argument("--json", help="write the raw figures to this file")
-    args, rest = parser.parse_known_args(argv)
-
-    if args.gpu:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import bench_rnn_gpu
-
-        return bench_rnn_gpu.main(rest)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --gpu / --modules hand every other argument to the benchmark they select.
+    for flag, module_name in (("--gpu", "bench_rnn_gpu"), ("--modules", "bench_rnn_modules")):
+        if flag in argv and "-h" not in argv and "--help" not in argv:
+            sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+            module = __import__(module_name)
+            return module.main([a for a in argv if a != flag])
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.repeats < 1:
