@@ -367,3 +367,74 @@ def test_unknown_nonlinearity_rejected():
     case, _ = make_case("rnn_tanh", 3, 2, 2, 2, bias=True, seed=0)
     with pytest.raises(ValueError, match="nonlinearity"):
         oracle.rnn_forward(case["x"], case["h0"], case["w_ih"], case["w_hh"], nonlinearity="gelu")
+
+
+# ----------------------------------------------------------------------------
+# LSTM with a projection w_hr (torch's proj_size)
+# ----------------------------------------------------------------------------
+
+PROJ_NAMES = ("x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr")
+
+
+def make_proj_case(T, B, I, H, P, seed):
+    rng = np.random.default_rng(seed)
+    shapes = dict(x=(T, B, I), h0=(B, P), c0=(B, H), w_ih=(4 * H, I), w_hh=(4 * H, P),
+                  b_ih=(4 * H,), b_hh=(4 * H,), w_hr=(P, H))
+    case = {name: 0.5 * rng.standard_normal(shape) for name, shape in shapes.items()}
+    upstream = dict(grad_output=rng.standard_normal((T, B, P)), grad_h_n=rng.standard_normal((B, P)),
+                    grad_c_n=rng.standard_normal((B, H)))
+    return case, upstream
+
+
+def torch_proj_reference(case, upstream, lengths, reverse):
+    """torch.nn.LSTM(I, H, proj_size=P) on each sequence (flipped within its length for reverse)."""
+    T, B, I = case["x"].shape
+    P, H = case["w_hr"].shape
+    leaves = {name: torch.tensor(case[name], requires_grad=True) for name in PROJ_NAMES}
+    module = torch.nn.LSTM(I, H, proj_size=P).double()
+    params = {torch_name + "_l0": leaves[name] for name, torch_name in (
+        ("w_ih", "weight_ih"), ("w_hh", "weight_hh"), ("b_ih", "bias_ih"), ("b_hh", "bias_hh"), ("w_hr", "weight_hr"))}
+    x, h0, c0 = leaves["x"], leaves["h0"], leaves["c0"]
+    outputs, h_n, c_n = [], [], []
+    for b in range(B):
+        length = T if lengths is None else lengths[b]
+        out, h, c = x.new_zeros(0, P), h0[b:b + 1], c0[b:b + 1]
+        if length:
+            sequence = x[:length, b].flip(0) if reverse else x[:length, b]
+            out, (h, c) = torch.func.functional_call(module, params, (sequence, (h, c)))
+            out = out.flip(0) if reverse else out
+        outputs.append(torch.cat([out, x.new_zeros(T - length, P)]))
+        h_n.append(h[0])
+        c_n.append(c[0])
+    output, h_n, c_n = torch.stack(outputs, 1), torch.stack(h_n), torch.stack(c_n)
+    loss = sum((value * torch.from_numpy(upstream[key])).sum()
+               for value, key in ((output, "grad_output"), (h_n, "grad_h_n"), (c_n, "grad_c_n")))
+    loss.backward()
+    expected = dict(output=output.detach().numpy(), h_n=h_n.detach().numpy(), c_n=c_n.detach().numpy())
+    expected.update({"grad_" + name: leaves[name].grad.numpy() for name in PROJ_NAMES})
+    return expected
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("lengths,reverse", [(None, False), (None, True), ([3, 0, 7, 1, 5], False),
+                                             ([3, 0, 7, 1, 5], True)],
+                         ids=["full", "full_reverse", "unsorted_zeros", "unsorted_zeros_reverse"])
+def test_lstm_projection_matches_torch_proj_size(lengths, reverse):
+    T, B, I, H, P = 7, 5, 4, 6, 3
+    case, upstream = make_proj_case(T, B, I, H, P, seed=5 + reverse)
+    output, h_n, c_n, cache = oracle.lstm_forward(
+        case["x"], case["h0"], case["c0"], case["w_ih"], case["w_hh"], case["b_ih"], case["b_hh"],
+        lengths=lengths, reverse=reverse, w_hr=case["w_hr"])
+    grads = oracle.lstm_backward(upstream["grad_output"], upstream["grad_h_n"], upstream["grad_c_n"], cache)
+    actual = dict(output=output, h_n=h_n, c_n=c_n)
+    actual.update({"grad_" + name: grad for name, grad in zip(PROJ_NAMES, grads)})
+    assert len(grads) == 8 and output.shape == (T, B, P) and h_n.shape == (B, P)
+    assert_all_close(actual, torch_proj_reference(case, upstream, lengths, reverse), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name,shape", [("w_hr", (3, 5)), ("w_hh", (24, 6)), ("h0", (5, 6))])
+def test_lstm_projection_bad_shapes_rejected(name, shape):
+    case, _ = make_proj_case(2, 5, 4, 6, 3, seed=1)
+    case[name] = np.zeros(shape)
+    with pytest.raises(ValueError, match=name):
+        oracle.lstm_forward(case["x"], case["h0"], case["c0"], case["w_ih"], case["w_hh"], w_hr=case["w_hr"])

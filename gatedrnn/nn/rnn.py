@@ -346,45 +346,6 @@ class _GatedRNNBase(torch.nn.RNNBase):
 # LSTM
 # ---------------------------------------------------------------------------------------------
 
-def _lstm_with_projection(x: Tensor, h0: Optional[Tensor], c0: Optional[Tensor], weights: dict,
-                          lengths: Optional[Tensor], reverse: bool, backend: Optional[str]):
-    """One LSTM layer with a projection, h_t = W_hr (o_t * tanh(c_t)), on the functional op.
-
-    With m_t = o_t * tanh(c_t) the recurrent term is W_hh h_{t-1} = (W_hh W_hr) m_{t-1}, so the
-    unprojected LSTM with recurrent weight W_hh W_hr (4H, H) produces m_t and c_t exactly
-    (same equations; only the rounding order of the products differs). Its initial m_0 is 0;
-    the initial h_0 (B, P), which is not a projection of anything, enters the first processed
-    step (t = 0, or t = len-1 in reverse) through extra input features [x_t, [t first] * h_0]
-    with input weight [W_ih, W_hh]. Autograd through these products gives every gradient.
-    """
-    seq_len, batch, _ = x.shape
-    w_ih, w_hh, w_hr = weights["weight_ih"], weights["weight_hh"], weights["weight_hr"]
-    hidden_size, proj_size = w_hr.shape[1], w_hr.shape[0]
-    if h0 is None:
-        h0 = x.new_zeros(batch, proj_size)
-    if c0 is None:
-        c0 = x.new_zeros(batch, hidden_size)
-    steps = torch.arange(seq_len, device=x.device).unsqueeze(1)
-    if lengths is None:
-        first = torch.full((batch,), seq_len - 1 if reverse else 0, dtype=torch.int64, device=x.device)
-    else:
-        first = lengths - 1 if reverse else torch.zeros_like(lengths)
-    is_first = (steps == first.unsqueeze(0)).to(x.dtype).unsqueeze(-1)  # (T, B, 1)
-    x_with_h0 = torch.cat([x, is_first * h0.unsqueeze(0)], dim=-1)
-    m, (m_n, c_n) = lstm_op(
-        x_with_h0, (x.new_zeros(batch, hidden_size), c0), torch.cat([w_ih, w_hh], dim=1), w_hh @ w_hr,
-        weights.get("bias_ih"), weights.get("bias_hh"), lengths=lengths, reverse=reverse, backend=backend,
-    )
-    output = m @ w_hr.t()  # zero past each length, as m is
-    h_n = m_n @ w_hr.t()
-    # A sequence that ran no step keeps h_0 (m_n = m_0 = 0 would project to 0).
-    if lengths is not None:
-        h_n = torch.where((lengths > 0).unsqueeze(1), h_n, h0)
-    elif seq_len == 0:
-        h_n = h0
-    return output, (h_n, c_n)
-
-
 class LSTM(_GatedRNNBase):
     """Drop-in ``torch.nn.LSTM`` (same arguments, parameters, forward contract).
 
@@ -418,16 +379,12 @@ class LSTM(_GatedRNNBase):
         return [self.proj_size if self.proj_size > 0 else self.hidden_size, self.hidden_size]
 
     def _run_direction(self, x, initial, weights, lengths, reverse):
-        h0, c0 = (None, None) if initial is None else initial
-        if "weight_hr" in weights:
-            output, (h_n, c_n) = _lstm_with_projection(x, h0, c0, weights, lengths, reverse, self.backend)
-        else:
-            output, (h_n, c_n) = lstm_op(
-                x, None if initial is None else (h0, c0), weights["weight_ih"], weights["weight_hh"],
-                weights.get("bias_ih"), weights.get("bias_hh"), lengths=lengths, reverse=reverse,
-                backend=self.backend,
-            )
-        return output, (h_n, c_n)
+        # proj_size: the functional op's weight_hr (an exact rewrite onto the unprojected LSTM).
+        return lstm_op(
+            x, None if initial is None else tuple(initial), weights["weight_ih"], weights["weight_hh"],
+            weights.get("bias_ih"), weights.get("bias_hh"), weight_hr=weights.get("weight_hr"),
+            lengths=lengths, reverse=reverse, backend=self.backend,
+        )
 
 
 # ---------------------------------------------------------------------------------------------

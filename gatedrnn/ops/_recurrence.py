@@ -170,6 +170,25 @@ def _check_bool(value, argument: str) -> bool:
     return bool(value)
 
 
+def time_major_input(input: Tensor, batch_first: bool) -> Tensor:
+    """Check that ``input`` is a 3-D floating tensor; return it as a (T, B, I) view."""
+    layout = "(B, T, input_size)" if batch_first else "(T, B, input_size)"
+    if not input.is_floating_point():
+        raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
+    if input.dim() != 3:
+        raise ValueError(f"input must be 3-D {layout}, got shape {_shape(input)}")
+    return input.transpose(0, 1) if batch_first else input
+
+
+def check_like_input(named: Sequence[Tuple[str, Tensor]], input: Tensor) -> None:
+    """Every ``(argument, tensor)`` must share the input's dtype and device."""
+    for argument, tensor in named:
+        if tensor.dtype != input.dtype:
+            raise TypeError(f"{argument} must have the input's dtype {input.dtype}, got {tensor.dtype}")
+        if tensor.device != input.device:
+            raise ValueError(f"{argument} must be on the input's device {input.device}, got {tensor.device}")
+
+
 @dataclass
 class Prepared:
     """Validated, time-major arguments of one recurrent call, ready for the custom op."""
@@ -202,12 +221,7 @@ def prepare(spec: Recurrence, input, hx, weight_ih, weight_hh, bias_ih, bias_hh,
     reverse = _check_bool(reverse, "reverse")
     batch_first = _check_bool(batch_first, "batch_first")
 
-    layout = "(B, T, input_size)" if batch_first else "(T, B, input_size)"
-    if not input.is_floating_point():
-        raise TypeError(f"input must be a floating-point tensor, got dtype {input.dtype}")
-    if input.dim() != 3:
-        raise ValueError(f"input must be 3-D {layout}, got shape {_shape(input)}")
-    x = input.transpose(0, 1) if batch_first else input
+    x = time_major_input(input, batch_first)
     seq_len, batch, input_size = x.shape
     dtype, device = input.dtype, input.device
 
@@ -265,11 +279,7 @@ def prepare(spec: Recurrence, input, hx, weight_ih, weight_hh, bias_ih, bias_hh,
                 )
             named.append((f"hx ({argument})", state))
 
-    for argument, tensor in named:
-        if tensor.dtype != dtype:
-            raise TypeError(f"{argument} must have the input's dtype {dtype}, got {tensor.dtype}")
-        if tensor.device != device:
-            raise ValueError(f"{argument} must be on the input's device {device}, got {tensor.device}")
+    check_like_input(named, input)
 
     lengths = _prepare_lengths(lengths, seq_len, batch, device)
     backend_name = resolve_backend(backend, device)
