@@ -1,7 +1,7 @@
 # cython: language_level=3
 """LSTM recurrence on the CPU, forward and backward (BPTT), one layer and one direction.
 
-Layout and semantics are those of /work/notes/CONTRACT.md (torch.nn.LSTM with a PackedSequence):
+Layout and semantics are those of docs/backend-contract.md (torch.nn.LSTM with a PackedSequence):
 gate rows i, f, g, o; sequence b is valid at t < lengths[b]; past its length its outputs and
 workspace entries are 0 and its state is frozen; ``reverse`` runs each sequence backwards within
 its own length.

@@ -11,6 +11,7 @@ and the ratio torch / ours (> 1: we are faster) next to the bar.
     python perf/bench_rnn_modules.py                 # the full table (cython backend)
     python perf/bench_rnn_modules.py --quick         # fewer repeats
     python perf/bench_rnn_modules.py --backend numpy --seq-len 10   # smoke run anywhere
+    python perf/bench_rnn_modules.py --device cuda   # triton backend against cuDNN
 """
 from __future__ import annotations
 
@@ -49,22 +50,35 @@ class Row:
         return self.torch_ms / self.ours_ms
 
 
-def make_modules(cell: str, size: int, num_layers: int, backend: str):
+def make_modules(cell: str, size: int, num_layers: int, backend: str, device: str = "cpu"):
     torch_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
     torch.manual_seed(0)
-    reference = torch_cls(size, size, num_layers=num_layers, bidirectional=True)
+    reference = torch_cls(size, size, num_layers=num_layers, bidirectional=True).to(device)
     ours = getattr(gatedrnn.nn, cell.upper()).from_torch(reference, backend=backend)
     return reference, ours
 
 
+def synchronized(fn, device: str):
+    """``fn`` followed by a device synchronisation, so host timers see the whole GPU work."""
+    if device == "cpu":
+        return fn
+
+    def run():
+        fn()
+        torch.cuda.synchronize()
+    return run
+
+
 def bench_cell(cell: str, seq_len: int, batch: int, size: int, num_layers: int, backend: str,
-               repeats: int, warmup: int, packed: bool) -> List[Row]:
-    reference, ours = make_modules(cell, size, num_layers, backend)
+               repeats: int, warmup: int, packed: bool, device: str = "cpu") -> List[Row]:
+    reference, ours = make_modules(cell, size, num_layers, backend, device)
     generator = torch.Generator().manual_seed(1)
-    x = torch.randn(seq_len, batch, size, generator=generator)
+    x = torch.randn(seq_len, batch, size, generator=generator).to(device)
     low = min(20, seq_len)
-    lengths = torch.randint(low, seq_len + 1, (batch,), generator=generator)
+    lengths = torch.randint(low, seq_len + 1, (batch,), generator=generator)  # stays on the CPU
     kind = "packed" if packed else "padded"
+    # The bars are the modules issue's, set for the CPU.
+    bar = BARS[(cell, packed)] if device == "cpu" else 0.0
 
     def module_input(inp):
         return pack_padded_sequence(inp, lengths, enforce_sorted=False) if packed else inp
@@ -75,8 +89,8 @@ def bench_cell(cell: str, seq_len: int, batch: int, size: int, num_layers: int, 
 
     rows = []
     with torch.no_grad():
-        torch_s, ours_s = time_alternating(lambda: reference(module_input(x)), lambda: ours(module_input(x)),
-                                           repeats, warmup)
+        torch_s, ours_s = time_alternating(synchronized(lambda: reference(module_input(x)), device),
+                                           synchronized(lambda: ours(module_input(x)), device), repeats, warmup)
     rows.append(Row(cell, kind, "inference", torch_s * 1e3, ours_s * 1e3, 0.0))
 
     x_grad = x.clone().requires_grad_()
@@ -86,10 +100,10 @@ def bench_cell(cell: str, seq_len: int, batch: int, size: int, num_layers: int, 
             module.zero_grad(set_to_none=True)
             x_grad.grad = None
             output_of(module(module_input(x_grad))).sum().backward()
-        return step
+        return synchronized(step, device)
 
     torch_s, ours_s = time_alternating(train(reference), train(ours), repeats, warmup)
-    rows.append(Row(cell, kind, "fwd+bwd", torch_s * 1e3, ours_s * 1e3, BARS[(cell, packed)]))
+    rows.append(Row(cell, kind, "fwd+bwd", torch_s * 1e3, ours_s * 1e3, bar))
     return rows
 
 
@@ -118,7 +132,9 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="3 repeats, 1 warm-up")
     parser.add_argument("--threads", type=int, default=None, help="threads for torch and gatedrnn")
-    parser.add_argument("--backend", default="cython", help="gatedrnn backend (default cython)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both run (default cpu)")
+    parser.add_argument("--backend", default=None,
+                        help="gatedrnn backend (default: cython on the CPU, triton on CUDA)")
     parser.add_argument("--json", help="write the raw figures to this file")
     args = parser.parse_args(argv)
 
@@ -134,18 +150,24 @@ def main(argv=None) -> int:
         parser.error(f"--cells: unknown {unknown}; choose from {CELLS}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device is visible", file=sys.stderr)
+        return 2
+    if args.backend is None:
+        args.backend = "triton" if args.device == "cuda" else "cython"
     status = gatedrnn.available_backends().get(args.backend)
     if status is not None and not status.available:
         print(f"backend {args.backend!r} cannot run here: {status.reason}", file=sys.stderr)
         return 2
 
-    print(f"# gatedrnn {gatedrnn.__version__} nn modules ({args.backend}) vs torch.nn, CPU", flush=True)
-    print(f"# {machine_description()}; median of {args.repeats} alternated runs", flush=True)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else machine_description()
+    print(f"# gatedrnn {gatedrnn.__version__} nn modules ({args.backend}) vs torch.nn, {args.device}", flush=True)
+    print(f"# {where}; median of {args.repeats} alternated runs", flush=True)
     rows: List[Row] = []
     for cell in cells:
         for packed in (False, True):
             new = bench_cell(cell, args.seq_len, args.batch, args.size, args.num_layers, args.backend,
-                             args.repeats, args.warmup, packed)
+                             args.repeats, args.warmup, packed, args.device)
             for r in new:
                 print(f"  {cell} {r.batch_kind:6s} {r.mode:9s}: torch {r.torch_ms:8.2f} ms  ours {r.ours_ms:8.2f} ms"
                       f"  ratio {r.ratio:5.2f}", flush=True)
