@@ -1,6 +1,6 @@
-"""Helpers the three NumPy references share: input conversion and checks, and the per-step
-time index that implements ``lengths`` and ``reverse``, so the cells walk a sequence in
-exactly the same way.
+"""Helpers the NumPy references share: input conversion and checks, the per-step time index
+that implements ``lengths`` and ``reverse`` (so the recurrent cells walk a sequence in exactly
+the same way), and the int-or-pair argument parsing of the convolution and pooling references.
 
 Sequence semantics (PackedSequence): sequence ``b`` is valid at time indices
 ``t < lengths[b]``. The forward loop runs steps ``s = 0 .. T-1``; at step ``s`` sequence ``b``
@@ -78,3 +78,15 @@ def previous_state(per_time, initial, s, lengths, reverse):
         return initial
     time_index, _ = step_time_index(s - 1, lengths, reverse)
     return per_time[time_index, np.arange(per_time.shape[1])]
+
+
+def pair(value, name):
+    """``value`` as an (h, w) pair of ints: an int or a 1-sequence repeats, a 2-sequence stays."""
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    value = tuple(int(v) for v in value)
+    if len(value) == 1:
+        return value[0], value[0]
+    if len(value) != 2:
+        raise ValueError(f"{name}: expected an int or a pair, got {value}")
+    return value

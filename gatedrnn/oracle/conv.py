@@ -20,19 +20,10 @@ and grad_x is grad_x_pad without its padding.
 
 import numpy as np
 
+from ._common import pair
+
 __all__ = ["conv2d_forward", "conv2d_backward", "conv1d_forward", "conv1d_backward",
            "conv2d_padding", "conv_output_size"]
-
-
-def _pair(value, name):
-    if isinstance(value, (int, np.integer)):
-        return int(value), int(value)
-    value = tuple(int(v) for v in value)
-    if len(value) == 1:
-        return value[0], value[0]
-    if len(value) != 2:
-        raise ValueError(f"{name}: expected an int or a pair, got {value}")
-    return value
 
 
 def conv_output_size(size, kernel, stride, dilation, pad_begin, pad_end):
@@ -57,7 +48,7 @@ def conv2d_padding(padding, kernel_size, dilation):
         raise ValueError(f"padding: expected 'same', 'valid', an int or a pair, got {padding!r}")
     if not isinstance(padding, (int, np.integer)) and len(tuple(padding)) == 4:
         return tuple(int(p) for p in padding)
-    ph, pw = _pair(padding, "padding")
+    ph, pw = pair(padding, "padding")
     return ph, ph, pw, pw
 
 
@@ -66,7 +57,7 @@ def _geometry(x, w, stride, padding, dilation, groups):
         raise ValueError(f"x: expected (N, C_in, H, W), got shape {x.shape}")
     if w.ndim != 4:
         raise ValueError(f"w: expected (C_out, C_in/groups, KH, KW), got shape {w.shape}")
-    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
     pads = conv2d_padding(padding, w.shape[2:], dilation)
     n, c_in, h, wd = x.shape
     c_out, c_group, kh, kw = w.shape

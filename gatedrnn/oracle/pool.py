@@ -27,19 +27,10 @@ Adaptive average pooling: output i along an axis of length L averages input
 
 import numpy as np
 
+from ._common import pair
+
 __all__ = ["pool_output_size", "max_pool2d_forward", "max_pool2d_backward", "avg_pool2d_forward",
            "avg_pool2d_backward", "adaptive_avg_pool2d_forward", "adaptive_avg_pool2d_backward"]
-
-
-def _pair(value, name):
-    if isinstance(value, (int, np.integer)):
-        return int(value), int(value)
-    value = tuple(int(v) for v in value)
-    if len(value) == 1:
-        return value[0], value[0]
-    if len(value) != 2:
-        raise ValueError(f"{name}: expected an int or a pair, got {value}")
-    return value
 
 
 def pool_output_size(size, kernel, stride, pad, dilation=1, ceil_mode=False):
@@ -54,10 +45,10 @@ def pool_output_size(size, kernel, stride, pad, dilation=1, ceil_mode=False):
 def _pool_geometry(x, kernel_size, stride, padding, dilation, ceil_mode):
     if x.ndim != 4:
         raise ValueError(f"x: expected (N, C, H, W), got shape {x.shape}")
-    kernel = _pair(kernel_size, "kernel_size")
+    kernel = pair(kernel_size, "kernel_size")
     stride = kernel if stride is None or (not isinstance(stride, (int, np.integer)) and len(stride) == 0) \
-        else _pair(stride, "stride")
-    padding, dilation = _pair(padding, "padding"), _pair(dilation, "dilation")
+        else pair(stride, "stride")
+    padding, dilation = pair(padding, "padding"), pair(dilation, "dilation")
     out = tuple(pool_output_size(x.shape[2 + a], kernel[a], stride[a], padding[a], dilation[a], ceil_mode)
                 for a in range(2))
     if out[0] < 1 or out[1] < 1:
