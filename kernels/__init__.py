@@ -1,10 +1,15 @@
 """Triton GPU kernels of gatedrnn (installed as ``gatedrnn.kernels``).
 
-Importing this package does not import Triton: the cell modules (``lstm``, ``gru``, ``rnn``)
-do, and the ops layer imports them lazily when the triton backend is used.
+Importing this package does not import Triton: the op modules do, and the ops layer imports them
+lazily when the triton backend is used.
 
-Each cell module exports the backend contract's launchers (see docs/backend-contract.md):
-``lstm_forward/lstm_backward``, ``gru_forward/gru_backward``, ``rnn_forward/rnn_backward``,
-plus ``kernel_configs(H, B, dtype, sm_count)`` enumerating what the launchers can compile.
+* ``lstm``, ``gru``, ``rnn``: the recurrences' launchers (``<cell>_forward/<cell>_backward`` and
+  ``kernel_configs(H, B, dtype, sm_count)``); the persistent kernels they share are in ``_common``.
+* ``conv``, ``pool``, ``embedding``: convolution, pooling and embedding kernels with their
+  launchers, each listing every compile its launchers can request in ``gate_configs(capability)``.
+* ``_launch``: output allocation (NaN-poisoned in tests), interpreter switch, dot precision.
+
+Contracts: docs/backend-contract.md. Compile gate over all of them: perf/compile_report.py.
 """
 CELL_MODULES = ("lstm", "gru", "rnn")
+OP_MODULES = ("conv", "pool", "embedding")

@@ -37,6 +37,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._launch import dot_precision, empty, interpreting
+
 LOG = logging.getLogger("gatedrnn.kernels")
 
 # Cell codes (the CELL constexpr).
@@ -59,10 +61,6 @@ SYNC_GRID = 2   # split hidden: spin barrier among the programs of a batch tile
 
 # Smallest tile edge tl.dot accepts on NVIDIA (M, N, K >= 16).
 MIN_DOT_TILE = 16
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -622,13 +620,6 @@ def choose_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
                 min(MAX_TILE_VALUES // block_b, MAX_ACC_VALUES // (ng * block_b)))
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """float32 dots follow torch.backends.cudnn.allow_tf32 (what cuDNN RNNs do in float32)."""
-    if dtype == torch.float32 and torch.backends.cudnn.allow_tf32 and not interpreting():
-        return "tf32"
-    return "ieee"
-
-
 def workspace_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
@@ -654,12 +645,8 @@ def _launch_kwargs(cfg: LaunchConfig, backward: bool = False):
 
 
 def _empty(*shape, dtype, device):
-    """torch.empty, filled with NaN under GATEDRNN_POISON_OUTPUTS=1 (the test suite) so that an
-    entry the kernel fails to write shows up."""
-    t = torch.empty(*shape, dtype=dtype, device=device)
-    if os.environ.get("GATEDRNN_POISON_OUTPUTS", "0") == "1":
-        t.fill_(float("nan"))
-    return t
+    """NaN-poisoned (under GATEDRNN_POISON_OUTPUTS=1) torch.empty: see kernels/_launch.py."""
+    return empty(*shape, dtype=dtype, device=device)
 
 
 def _device_info(t: torch.Tensor):

@@ -1,8 +1,11 @@
-"""Compile gate for the Triton recurrences (no GPU needed).
+"""Compile gate for every Triton kernel of gatedrnn (no GPU needed).
 
-Compiles every kernel at every configuration the launchers can choose for H in 32..2048,
-B in 1..1024, dtypes float32/bfloat16/float16, for sm_80 (A100, 108 SMs) and sm_90 (H100/H200,
-132 SMs), with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))``, reads
+Compiles every kernel at every configuration the launchers can choose, for sm_80 (A100, 108 SMs)
+and sm_90 (H100/H200, 132 SMs): the recurrences over H in 32..2048, B in 1..1024, dtypes
+float32/bfloat16/float16 (enumerated here from ``kernels/_common.py``'s ``choose_config``), and the
+convolution, pooling and embedding kernels from each module's ``gate_configs(capability)`` (the
+listing their launchers pick from; the modules are ``OP_MODULES`` of the kernels package). Each
+compile goes through ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))``; it reads
 registers, stack (spills) and shared memory from the cubin with the ``cuobjdump
 --dump-resource-usage`` shipped in Triton's ``backends/nvidia/bin``, prints the table and fails
 (exit 1) when a configuration does not compile, spills (stack > 0), needs more registers than
@@ -12,7 +15,7 @@ the target offers (sm_80: 163 KB, sm_90: 227 KB per block, opt-in).
 Works with Triton 3.6 and 3.9 (same ASTSource(fn, signature, constexprs, attrs) API).
 Compiles go through Triton's cache (TRITON_CACHE_DIR), so a warm rerun takes seconds.
 
-Usage: python perf/compile_report.py [--arch 80,90] [--jobs N] [--quick]
+Usage: python perf/compile_report.py [--arch 80,90] [--jobs N] [--quick] [--no-ops]
 """
 from __future__ import annotations
 
@@ -36,13 +39,31 @@ DTYPES = ("float32", "bfloat16", "float16")
 H_RANGE = range(32, 2049)
 
 
-def _common():
+def _package():
+    """gatedrnn.kernels when installed, else the checkout's kernels/ package."""
+    import importlib
     try:
-        from gatedrnn.kernels import _common
+        return importlib.import_module("gatedrnn.kernels")
     except ImportError:
-        sys.path.insert(0, ROOT)
-        from kernels import _common
-    return _common
+        if ROOT not in sys.path:
+            sys.path.insert(0, ROOT)
+        return importlib.import_module("kernels")
+
+
+def _kernel_module(name):
+    import importlib
+    return importlib.import_module(f"{_package().__name__}.{name}")
+
+
+def _common():
+    return _kernel_module("_common")
+
+
+def op_modules():
+    """Names of the kernel modules (kernels/<name>.py) whose launchers expose
+    gate_configs(capability) -> [{"kernel", "signature", "constexprs", "num_warps", "num_stages",
+    "label"}]: the kernels package's OP_MODULES."""
+    return _package().OP_MODULES
 
 
 def _batch_classes(C):
@@ -75,6 +96,19 @@ def enumerate_configs(archs, quick=False):
     return sorted(out, key=lambda r: (r[0], r[5], r[1], r[2], r[3], r[4]))
 
 
+def enumerate_op_configs(archs):
+    """Rows ("op", cap, module, kernel, signature items, constexpr items, num_warps, num_stages,
+    label) from every op_modules() module's gate_configs, deduplicated."""
+    out = {}
+    for cap in archs:
+        for module in op_modules():
+            for cfg in _kernel_module(module).gate_configs(cap):
+                row = ("op", cap, module, cfg["kernel"], tuple(cfg["signature"].items()),
+                       tuple(sorted(cfg["constexprs"].items())), cfg["num_warps"], cfg["num_stages"])
+                out.setdefault(row, row + (cfg.get("label", ""),))
+    return sorted(out.values(), key=lambda r: (r[1], r[2], r[3], r[8]))
+
+
 _POINTERS = {
     # name -> element type; "X" = input dtype, "WS" = workspace dtype
     "xproj_ptr": "X", "w_hh_ptr": "X", "b_hn_ptr": "X", "lengths_ptr": "i64",
@@ -94,12 +128,9 @@ def _cuobjdump():
     return path if os.path.exists(path) else "cuobjdump"
 
 
-def compile_one(row):
-    """Compile one configuration; returns a result dict (never raises)."""
+def _recurrence_source(row):
+    """(fn, signature, constexprs, attrs, num_warps, num_stages, maxnreg) of a recurrence row."""
     cap, kernel, cx_items, warps, stages, dt_name = row
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
     C = _common()
     fn = getattr(C, kernel)
     cx = dict(cx_items)
@@ -117,14 +148,53 @@ def compile_one(row):
             signature[name] = "i32"
             if name == "HP":   # always a multiple of 16: Triton specialises it at launch
                 attrs[(i,)] = [["tt.divisibility", 16]]
-    res = dict(cap=cap, kernel=kernel, dtype=dt_name, warps=warps, stages=stages, cx=cx,
-               ok=False, error="", regs=-1, stack=-1, shared=-1, seconds=0.0)
+    return fn, signature, cx, attrs, warps, stages, C.max_registers(warps)
+
+
+def _op_source(row):
+    """The same for a gate_configs row of a conv/pool/embedding module."""
+    _, cap, module, kernel, signature_items, cx_items, warps, stages, _label = row
+    fn = getattr(_kernel_module(module), kernel)
+    signature = dict(signature_items)
+    missing = [name for name in fn.arg_names if name not in signature]
+    if missing:
+        raise ValueError(f"gate_configs of kernels/{module}.py lists no type for {missing}")
+    signature = {name: signature[name] for name in fn.arg_names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names)
+             if signature[name].startswith("*")}   # torch allocations are 16-byte aligned
+    return fn, signature, dict(cx_items), attrs, warps, stages, None
+
+
+def describe(row):
+    """The fields printed and reported for a row: cap, dtype, kernel, detail, num_warps."""
+    if row[0] == "op":
+        _, cap, module, kernel, _sig, _cx, warps, _stages, label = row
+        return dict(cap=cap, dtype="", kernel=f"{module}.{kernel}", detail=label, warps=warps)
+    cap, kernel, cx_items, warps, _stages, dt_name = row
+    cx = dict(cx_items)
+    detail = (f"{_common().CELL_NAMES[cx['CELL']]} ph={cx['PHASES']} BB={cx['BLOCK_B']} "
+              f"BH={cx['BLOCK_H']} BK={cx['BLOCK_K']} sync={cx['SYNC']}")
+    return dict(cap=cap, dtype=dt_name, kernel=kernel, detail=detail, warps=warps)
+
+
+def compile_one(row):
+    """Compile one configuration (a recurrence row or an "op" row); returns a result dict (never raises)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    res = dict(describe(row), ok=False, error="", regs=-1, stack=-1, shared=-1, seconds=0.0)
+    if row[0] != "op":
+        res["cx"] = dict(row[2])
+    cap = res["cap"]
     t0 = time.time()
     try:
+        fn, signature, cx, attrs, warps, stages, maxnreg = (
+            _op_source(row) if row[0] == "op" else _recurrence_source(row))
+        options = {"num_warps": warps, "num_stages": stages}
+        if maxnreg is not None:
+            options["maxnreg"] = maxnreg
         src = ASTSource(fn=fn, signature=signature, constexprs=cx, attrs=attrs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", cap, 32),
-                                  options={"num_warps": warps, "num_stages": stages,
-                                           "maxnreg": C.max_registers(warps)})
+        compiled = triton.compile(src, target=GPUTarget("cuda", cap, 32), options=options)
         with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
             f.write(compiled.asm["cubin"])
             path = f.name
@@ -152,10 +222,11 @@ def compile_one(row):
     return res
 
 
-def run(archs=(80, 90), jobs=None, quick=False, verbose=True):
+def run(archs=(80, 90), jobs=None, quick=False, verbose=True, ops=True):
+    """Compile every row (recurrences, then op_modules() when ``ops``); print the table when verbose."""
     import triton
     t0 = time.time()
-    rows = enumerate_configs(archs, quick)
+    rows = enumerate_configs(archs, quick) + (enumerate_op_configs(archs) if ops else [])
     t_enum = time.time() - t0
     jobs = jobs or os.cpu_count() or 1
     if jobs > 1:
@@ -163,19 +234,15 @@ def run(archs=(80, 90), jobs=None, quick=False, verbose=True):
             results = list(ex.map(compile_one, rows))
     else:
         results = [compile_one(r) for r in rows]
-    cell_names = _common().CELL_NAMES
     if verbose:
         print(f"triton {triton.__version__}: {len(rows)} configurations "
               f"(enumerated in {t_enum:.1f} s, compiled in {time.time() - t0 - t_enum:.1f} s)")
-        hdr = (f"{'sm':>3} {'dtype':<8} {'kernel':<9} {'cell':<16} {'ph':>2} {'BB':>3} {'BH':>4} "
-               f"{'BK':>3} {'sync':>4} {'w':>2} {'regs':>4} {'stack':>5} {'shared':>7}  status")
+        hdr = (f"{'sm':>3} {'dtype':<8} {'kernel':<34} {'configuration':<52} {'w':>2} {'regs':>4} "
+               f"{'stack':>5} {'shared':>7}  status")
         print(hdr)
         print("-" * len(hdr))
         for r in results:
-            cx = r["cx"]
-            print(f"{r['cap']:>3} {r['dtype']:<8} {r['kernel'].split('_')[1]:<9} "
-                  f"{cell_names[cx['CELL']]:<16} {cx['PHASES']:>2} {cx['BLOCK_B']:>3} "
-                  f"{cx['BLOCK_H']:>4} {cx['BLOCK_K']:>3} {cx['SYNC']:>4} {r['warps']:>2} "
+            print(f"{r['cap']:>3} {r['dtype']:<8} {r['kernel']:<34} {r['detail']:<52} {r['warps']:>2} "
                   f"{r['regs']:>4} {r['stack']:>5} {r['shared']:>7}  "
                   f"{'ok' if r['ok'] else 'FAIL ' + r['error']}")
         bad = [r for r in results if not r["ok"]]
@@ -191,8 +258,9 @@ def main(argv=None):
     p.add_argument("--arch", default="80,90", help="comma-separated capabilities (80, 90)")
     p.add_argument("--jobs", type=int, default=None, help="parallel compiles (default: CPUs)")
     p.add_argument("--quick", action="store_true", help="a few H values only")
+    p.add_argument("--no-ops", action="store_true", help="recurrences only (skip conv/pool/embedding)")
     a = p.parse_args(argv)
-    results = run(tuple(int(c) for c in a.arch.split(",")), a.jobs, a.quick)
+    results = run(tuple(int(c) for c in a.arch.split(",")), a.jobs, a.quick, ops=not a.no_ops)
     return 0 if all(r["ok"] for r in results) else 1
 
 

@@ -1,8 +1,9 @@
-"""Compile gate (no GPU): every Triton kernel configuration the launchers can choose for
-H 32..2048, B 1..1024, float32/bfloat16/float16, on sm_80 and sm_90, compiles, does not spill
-and fits the target's registers and shared memory. Logic and table: perf/compile_report.py.
+"""Compile gate (no GPU): every Triton kernel configuration the launchers can choose (the
+recurrences for H 32..2048, B 1..1024; conv, pooling and embedding from their gate_configs),
+float32/bfloat16/float16, on sm_80 and sm_90, compiles, does not spill and fits the target's
+registers and shared memory. Logic and table: perf/compile_report.py.
 
-Runtime on 2 cores: ~3-5 min with a cold Triton cache (~340 unique compiles), ~15 s warm
+Runtime on 2 cores: ~4-6 min with a cold Triton cache (~340 recurrence compiles plus the ops'), ~15 s warm
 (cache TRITON_CACHE_DIR between CI runs). Run under each Triton version CI tests (3.9, 3.6).
 """
 import importlib
@@ -29,7 +30,7 @@ def test_every_config_compiles_without_spills():
     assert results, "no configuration enumerated"
     bad = [r for r in results if not r["ok"]]
     assert not bad, "\n".join(
-        f"sm_{r['cap']} {r['dtype']} {r['kernel']} {r['cx']} warps={r['warps']}: {r['error']}"
+        f"sm_{r['cap']} {r['dtype']} {r['kernel']} {r['detail']} warps={r['warps']}: {r['error']}"
         for r in bad[:20])
 
 
@@ -42,3 +43,27 @@ def test_enumeration_covers_every_mode():
     phases = {dict(r[2])["PHASES"] for r in rows}
     assert {0, 2} <= syncs          # per-step and split-hidden
     assert {1, 2, 3} <= phases      # GRU reset_before: both phases separately and fused
+
+
+@pytest.mark.parametrize("module", _report_module().op_modules())
+def test_every_op_kernel_is_listed(module):
+    """Each @triton.jit kernel (a name ending in ``_kernel``; other jitted names are device
+    helpers they inline) of kernels/<module>.py appears in its gate_configs for both targets, with
+    a type or constexpr value for every argument: no kernel escapes the gate."""
+    import triton
+
+    report = _report_module()
+    kernels = report._kernel_module(module)
+    jitted = {name for name, value in vars(kernels).items() if isinstance(value, triton.runtime.JITFunction) and name.endswith("_kernel")}
+    assert jitted, f"kernels/{module}.py defines no @triton.jit kernel"
+    for cap in (80, 90):
+        configs = kernels.gate_configs(cap)
+        listed = {cfg["kernel"] for cfg in configs}
+        assert jitted <= listed, f"sm_{cap}: not in gate_configs: {sorted(jitted - listed)}"
+        for cfg in configs:
+            fn = getattr(kernels, cfg["kernel"])
+            for name in fn.arg_names:
+                kind = cfg["signature"].get(name)
+                assert kind is not None, f"{cfg['kernel']}: no type for argument {name}"
+                if kind == "constexpr":
+                    assert name in cfg["constexprs"], f"{cfg['kernel']}: constexpr {name} has no value"

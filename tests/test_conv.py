@@ -1,6 +1,16 @@
 """conv2d / conv1d: the oracle against torch.nn.functional (float64), every CPU backend against
 the oracle (forward and every gradient), the custom ops' registration, bad input, and the
-Conv2d/Conv1d modules against torch.nn with the same weights."""
+Conv2d/Conv1d modules against torch.nn with the same weights.
+
+Triton (kernels/conv.py): the same cases under Triton's interpreter (float32, in a
+TRITON_INTERPRET=1 subprocess: Triton picks the interpreter when the kernels are imported), the
+launcher's configurations against the compile-gate listing, and on a GPU (``@pytest.mark.gpu``)
+ResNet-sized layers in float32 (TF32 off and on), bfloat16 and float16 plus a determinism check
+of the weight gradient.
+"""
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -11,9 +21,15 @@ from gatedrnn.nn.conv import Conv1d, Conv2d
 from gatedrnn.ops import conv as conv_ops
 from gatedrnn.ops.conv import conv1d, conv2d
 
-from spatial_checks import assert_close, cpu_backends, needs_cython, rounded
+from interpreter import INTERPRETING, outside_interpreter, run_interpreted
+from spatial_checks import assert_close, cpu_backends, needs_cython, relative_error, rounded
 
 BACKENDS = cpu_backends("conv")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# gatedrnn.kernels is the checkout's kernels/ once installed (pip install -e .); Triton itself
+# is an optional dependency.
+HAS_TRITON_KERNELS = (importlib.util.find_spec("triton") is not None
+                      and importlib.util.find_spec("gatedrnn.kernels") is not None)
 # torch's own conv2d warns about the extra copy an even 'same' kernel needs; it is not ours.
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
 
@@ -77,16 +93,22 @@ def test_oracle_conv1d_matches_torch_float64():
                  torch.float64)
 
 
-def run_against_oracle(backend, dtype, case, requires=(True, True, True), seed=0):
+def run_against_oracle(backend, dtype, case, requires=(True, True, True), seed=0, *, device="cpu",
+                       tolerance=None, channels_last=False):
+    """Forward and every requested gradient of ``conv2d`` on ``backend`` against the oracle on the
+    same (rounded) inputs; norm-wise relative error <= tolerance (default: TOLERANCE[dtype]).
+    Returns {name: relative error}."""
     x, weight, bias, options = draw_case(case, seed)
     x, weight = rounded(x, dtype), rounded(weight, dtype)
     bias = rounded(bias, dtype) if bias is not None else None
-    tensors = [torch.tensor(a, dtype=dtype).requires_grad_(r) if a is not None else None
-               for a, r in zip((x, weight, bias), requires)]
+    tensors = [torch.tensor(a, dtype=dtype, device=device) if a is not None else None for a in (x, weight, bias)]
+    if channels_last:
+        tensors[0] = tensors[0].contiguous(memory_format=torch.channels_last)
+    tensors = [t.requires_grad_(r) if t is not None else None for t, r in zip(tensors, requires)]
     y = conv2d(*tensors, **options, backend=backend)
     assert y.dtype == dtype
     grad_y = rounded(np.random.default_rng(seed + 1).standard_normal(tuple(y.shape)), dtype)
-    y.backward(torch.tensor(grad_y, dtype=dtype))
+    y.backward(torch.tensor(grad_y, dtype=dtype, device=device))
     grad_x, grad_w, grad_b = oracle.conv2d_backward(grad_y, x, weight, **options)
     named = {"y": (y, oracle.conv2d_forward(x, weight, bias, **options))}
     for name, tensor, expected in zip(("grad_x", "grad_w", "grad_b"), tensors, (grad_x, grad_w, grad_b)):
@@ -94,7 +116,12 @@ def run_against_oracle(backend, dtype, case, requires=(True, True, True), seed=0
             named[name] = (tensor.grad, expected)
         elif tensor is not None:
             assert tensor.grad is None, name
-    assert_close(named, dtype)
+    if tolerance is None:
+        assert_close(named, dtype)
+        return {}
+    errors = {name: relative_error(actual, expected) for name, (actual, expected) in named.items()}
+    assert all(e <= tolerance for e in errors.values()), f"relative errors above {tolerance:.0e}: {errors}"
+    return errors
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -196,13 +223,11 @@ def test_bad_input_names_the_argument(change, error, message):
         conv2d(**arguments)
 
 
-def test_half_types_rejected_on_cython_and_triton_slot_names_the_fix():
-    if "cython" in BACKENDS:
-        with pytest.raises(TypeError, match="does not compute in torch.bfloat16"):
-            conv2d(torch.randn(1, 2, 4, 4, dtype=torch.bfloat16), torch.randn(2, 2, 3, 3, dtype=torch.bfloat16),
-                   backend="cython")
-    with pytest.raises(RuntimeError, match="not implemented yet for backend 'triton'.*backend='cython'"):
-        conv_ops._implementations("triton")
+@needs_cython("conv")
+def test_half_types_rejected_on_cython():
+    with pytest.raises(TypeError, match="does not compute in torch.bfloat16"):
+        conv2d(torch.randn(1, 2, 4, 4, dtype=torch.bfloat16), torch.randn(2, 2, 3, 3, dtype=torch.bfloat16),
+               backend="cython")
 
 
 # --- modules ------------------------------------------------------------------------------------
@@ -334,3 +359,241 @@ def test_cython_extension_checks_its_own_arguments():
             extension.conv2d_forward(x, w, bias, 1, 1, 0, 0, 1, 1, groups, y, 1)
     with pytest.raises(ValueError, match="stride and dilation must be positive"):
         extension.conv2d_forward(x, w, bias, 0, 1, 0, 0, 1, 1, 2, y, 1)
+
+
+# --- triton (kernels/conv.py) ---------------------------------------------------------------------
+# CASES above mostly have fewer than 16 channels per group, so they run the flattened-reduction
+# (FLAT_K) dense kernels or the direct kernels; these reach the per-tap dense path (Cg >= 16).
+TRITON_CASES = {
+    "dense-3x3-s2": (2, 20, 9, 8, 18, 3, 2, 1, 1, 1, True),
+    # Asymmetric (top 1, bottom 2 / left 1, right 2) padding of an even dilated kernel.
+    "dense-same-even-dilated": (1, 17, 6, 7, 19, (2, 4), 1, "same", (1, 2), 1, True),
+    "dense-grouped-s2x3-d2": (1, 34, 7, 6, 36, 3, (2, 3), (2, 1), (2, 1), 2, False),
+    # Stride 3 > kernel 2: the input-gradient phase (ih % 3 == 2) that no tap reaches is zeros.
+    "dense-k2-s3": (2, 16, 8, 9, 16, 2, 3, 0, 1, 1, True),
+    # Two channel blocks in the reduction and 130 output channels: two channel tiles.
+    "dense-1x1-s2-wide": (1, 33, 5, 7, 130, 1, 2, 0, 1, 1, True),
+}
+ALL_CASES = {**CASES, **TRITON_CASES}
+needs_interpreter = pytest.mark.skipif(
+    not (INTERPRETING and HAS_TRITON_KERNELS),
+    reason="runs in the TRITON_INTERPRET=1 subprocess (test_triton_interpreter_subprocess)")
+needs_kernels = pytest.mark.skipif(not HAS_TRITON_KERNELS, reason="Triton or gatedrnn.kernels not installed")
+
+
+def conv_kernels():
+    return importlib.import_module("gatedrnn.kernels.conv")
+
+
+@needs_interpreter
+@pytest.mark.parametrize("name", list(ALL_CASES))
+def test_triton_interpreted_matches_oracle(name):
+    run_against_oracle("triton", torch.float32, ALL_CASES[name])
+
+
+@needs_interpreter
+@pytest.mark.parametrize("name", ["3x3-pad1", "depthwise", "dense-3x3-s2"])
+def test_triton_interpreted_channels_last_is_not_copied(name):
+    """channels_last input reaches the kernels with its strides (no .contiguous() copy)."""
+    kernels = conv_kernels()
+    seen = []
+
+    def forward(x, *args):
+        seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return kernels.conv2d_forward(x, *args)
+
+    def backward(grad_y, x, *args):
+        seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return kernels.conv2d_backward(grad_y, x, *args)
+
+    loaded = conv_ops._implementations.loaded
+    previous = loaded.get("triton")
+    loaded["triton"] = (forward, backward)
+    try:
+        run_against_oracle("triton", torch.float32, ALL_CASES[name], channels_last=True)
+    finally:
+        if previous is None:
+            loaded.pop("triton")
+        else:
+            loaded["triton"] = previous
+    assert seen == [True, True]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("requires", [(False, True, True), (True, False, False), (False, False, True)],
+                         ids=["no-input-grad", "input-grad-only", "bias-only"])
+def test_triton_interpreted_partial_gradients(requires):
+    for name in ("batch1-odd", "dense-3x3-s2", "depthwise"):
+        run_against_oracle("triton", torch.float32, ALL_CASES[name], requires=requires)
+
+
+@needs_interpreter
+def test_triton_interpreted_weight_grad_split_reduction(monkeypatch):
+    """The weight gradient summed from several pixel chunks (as on a GPU with many SMs)."""
+    kernels = conv_kernels()
+    monkeypatch.setattr(kernels, "MIN_BLOCKS_PER_SPLIT", 1)
+    monkeypatch.setattr(kernels, "INTERPRETER_SM_COUNT", 64)
+    splits = []
+    split_pixels = kernels._split_pixels
+
+    def recorded(*args):
+        splits.append(split_pixels(*args)[0])
+        return split_pixels(*args)
+
+    monkeypatch.setattr(kernels, "_split_pixels", recorded)
+    for name in ("multi-tile", "stem-7x7-s2", "depthwise", "dense-3x3-s2"):
+        run_against_oracle("triton", torch.float32, ALL_CASES[name], requires=(False, True, False))
+    assert len(splits) == 4 and min(splits) > 1, splits
+
+
+@needs_interpreter
+def test_triton_interpreted_other_tile_orientation(monkeypatch):
+    """The (pixels x channels) load orientation that Triton 3.6 builds (see _gather_tile)."""
+    monkeypatch.setattr(conv_kernels(), "PIXELS_LAST", not conv_kernels().PIXELS_LAST)
+    for name in ("3x3-pad1", "depthwise-multiplier", "dense-grouped-s2x3-d2", "dense-k2-s3"):
+        run_against_oracle("triton", torch.float32, ALL_CASES[name])
+
+
+@needs_interpreter
+def test_triton_interpreted_strided_views():
+    """Permuted input, sliced weight, every-other-element bias and the zero-stride grad_y that
+    y.sum() sends back: read through their strides, against torch in float64."""
+    torch.manual_seed(0)
+    image = torch.randn(2, 9, 7, 20, dtype=torch.float64).permute(0, 3, 1, 2)  # (2, 20, 9, 7)
+    kernel = torch.randn(18, 10, 3, 5, dtype=torch.float64)[..., 1:4]  # (18, 10, 3, 3), groups=2
+    bias = torch.randn(36, dtype=torch.float64)[::2]
+    options = dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2)
+    ours = [t.float().requires_grad_() for t in (image, kernel, bias)]
+    ours[0] = ours[0].detach().permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2).requires_grad_()
+    reference = [t.clone().requires_grad_() for t in (image, kernel, bias)]
+    y = conv2d(*ours, **options, backend="triton")
+    expected = F.conv2d(*reference, **options)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+    y.sum().backward()
+    expected.sum().backward()
+    for name, a, b in zip(("input", "weight", "bias"), ours, reference):
+        torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-5, atol=1e-4, msg=name)
+
+
+@needs_interpreter
+def test_triton_interpreted_float16():
+    for name in ("3x3-pad1", "depthwise", "dense-3x3-s2"):
+        run_against_oracle("triton", torch.float16, ALL_CASES[name], tolerance=1e-2)
+
+
+@outside_interpreter
+@needs_kernels
+def test_triton_interpreter_subprocess():
+    """Runs the test_triton_interpreted_* cases above under TRITON_INTERPRET=1 (~30 s, 2 cores)."""
+    run_interpreted(__file__, "triton_interpreted", timeout=600)
+
+
+@needs_kernels
+def test_triton_launcher_configs_are_in_the_gate_listing():
+    """Every (kernel, constexprs, warps, stages) the launchers pick, over channel counts, groups,
+    dtypes and TF32 on/off, is one of gate_configs(80/90); each entry names every argument."""
+    kernels = conv_kernels()
+    rng = np.random.default_rng(5)
+    shapes = [(3, 64, 1), (64, 64, 1), (256, 64, 1), (2048, 1000, 1), (17, 130, 1), (144, 144, 144),
+              (32, 64, 32), (128, 128, 32), (64, 64, 2), (34, 36, 2), (1, 8, 1), (5, 7, 1)]
+    shapes += [(int(g * rng.integers(1, 300)), int(g * rng.integers(1, 300)), int(g))
+               for g in rng.choice([1, 1, 2, 4, 8], 40)]
+    checked = set()
+    for capability in (80, 90):
+        listing = kernels.gate_configs(capability)
+        for entry in listing:
+            fn = getattr(kernels, entry["kernel"])
+            assert list(entry["signature"]) == list(fn.arg_names), entry["label"]
+            assert {n for n, t in entry["signature"].items() if t == "constexpr"} == set(entry["constexprs"])
+        # Every kernel's first argument is a pointer to the tensors' dtype.
+        keys = {(e["kernel"], next(iter(e["signature"].values())), tuple(sorted(e["constexprs"].items())),
+                 e["num_warps"], e["num_stages"]) for e in listing}
+        assert len(keys) == len(listing), "duplicate entries"
+        for c_in, c_out, groups in shapes:
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                for tf32 in (False, True):
+                    x = torch.empty(2, c_in, 9, 9, dtype=dtype, device="meta")
+                    w = torch.empty(c_out, c_in // groups, 3, 3, dtype=dtype, device="meta")
+                    with torch.backends.cudnn.flags(allow_tf32=tf32):
+                        for which in ("forward", "input_grad", "weight_grad"):
+                            plan = kernels.launch_plan(x, w, groups, which, capability=(capability // 10, 0))
+                            pointer = "*" + {torch.float32: "fp32", torch.bfloat16: "bf16",
+                                             torch.float16: "fp16"}[dtype]
+                            key = (plan.kernel, pointer, tuple(sorted(plan.constexprs.items())), plan.num_warps,
+                                   plan.num_stages)
+                            assert key in keys, (capability, c_in, c_out, groups, dtype, which, key)
+                            checked.add(key)
+    # The spread reaches every kernel of the module, both FLAT_K modes and every channel tile.
+    assert {k[0] for k in checked} == {e["kernel"] for e in kernels.gate_configs(90)}
+    assert len(kernels.gate_configs(90)) <= 64, "keep the compile gate small (CI compiles it twice on 2 cores)"
+
+
+# --- triton on a GPU ------------------------------------------------------------------------------
+# ResNet-50 / ResNeXt / MobileNetV2 layers at batch 2 (the oracle is NumPy; the spatial sizes are
+# the real ones except the stem's, halved). Each: forward and both gradients against the oracle.
+GPU_CASES = {
+    "resnet-stem-7x7-s2": (2, 3, 112, 112, 64, 7, 2, 3, 1, 1, False),
+    "resnet-3x3-64": (2, 64, 56, 56, 64, 3, 1, 1, 1, 1, False),
+    "resnet-1x1-256-64": (2, 256, 56, 56, 64, 1, 1, 0, 1, 1, False),
+    "resnet-3x3-128-s2": (2, 128, 56, 56, 128, 3, 2, 1, 1, 1, False),
+    "resnet-1x1-512-1024-s2": (2, 512, 28, 28, 1024, 1, 2, 0, 1, 1, False),
+    "resnet-3x3-512-7x7": (2, 512, 7, 7, 512, 3, 1, 1, 1, 1, True),
+    "resnext-3x3-g32": (2, 128, 28, 28, 128, 3, 1, 1, 1, 32, False),
+    "mobilenet-depthwise-s2": (2, 144, 56, 56, 144, 3, 2, 1, 1, 144, False),
+    "dilated-odd-3x3-d2": (2, 96, 33, 47, 80, 3, 1, 2, 2, 1, True),
+}
+
+@pytest.mark.parametrize("name", list(GPU_CASES))
+@pytest.mark.gpu
+@needs_kernels
+def test_gpu_float32_ieee_matches_oracle(name):
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        run_against_oracle("triton", torch.float32, GPU_CASES[name], device="cuda", tolerance=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet-stem-7x7-s2", "resnet-3x3-64", "resnet-3x3-128-s2", "resnext-3x3-g32"])
+@pytest.mark.gpu
+@needs_kernels
+def test_gpu_float32_tf32_matches_oracle(name):
+    with torch.backends.cudnn.flags(allow_tf32=True):
+        run_against_oracle("triton", torch.float32, GPU_CASES[name], device="cuda", tolerance=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", list(GPU_CASES))
+@pytest.mark.gpu
+@needs_kernels
+def test_gpu_half_matches_oracle(name, dtype):
+    run_against_oracle("triton", dtype, GPU_CASES[name], device="cuda", tolerance=1e-2)
+
+
+@pytest.mark.parametrize("name", ["resnet-3x3-64", "dilated-odd-3x3-d2", "mobilenet-depthwise-s2"])
+@pytest.mark.gpu
+@needs_kernels
+def test_gpu_channels_last(name):
+    run_against_oracle("triton", torch.bfloat16, GPU_CASES[name], device="cuda", tolerance=1e-2, channels_last=True)
+
+
+@pytest.mark.parametrize("name", ["resnet-3x3-64", "resnet-stem-7x7-s2", "mobilenet-depthwise-s2"])
+@pytest.mark.gpu
+@needs_kernels
+def test_gpu_weight_gradient_is_deterministic(name):
+    """Split pixel reduction, partial sums added in a fixed order: bitwise equal reruns."""
+    kernels = conv_kernels()
+    x, weight, _, options = draw_case(GPU_CASES[name])
+    x = torch.tensor(x, dtype=torch.float32, device="cuda")
+    weight = torch.tensor(weight, dtype=torch.float32, device="cuda")
+    padding = conv_ops._padding(options["padding"], 2, weight.shape[2:], (options["dilation"],) * 2,
+                                (options["stride"],) * 2, "conv2d")
+    stride, dilation = [options["stride"]] * 2, [options["dilation"]] * 2
+    y = kernels.conv2d_forward(x, weight, None, stride, list(padding), dilation, options["groups"])
+    grad_y = torch.randn_like(y)
+    plan = kernels.launch_plan(x, weight, options["groups"], "weight_grad")
+    pixel_blocks = y.shape[0] * y.shape[2] * y.shape[3] // plan.constexprs["BLOCK_P"]
+    assert pixel_blocks >= 2 * kernels.MIN_BLOCKS_PER_SPLIT  # long enough to be split
+    first = kernels.conv2d_backward(grad_y, x, weight, stride, list(padding), dilation, options["groups"],
+                                    [False, True])[1]
+    for _ in range(3):
+        again = kernels.conv2d_backward(grad_y, x, weight, stride, list(padding), dilation, options["groups"],
+                                        [False, True])[1]
+        assert torch.equal(first, again)

@@ -1,6 +1,14 @@
 """embedding: the oracle against torch.nn.functional (float64), every CPU backend against the
 oracle, deterministic accumulation, out-of-range indices, the custom ops' registration, and
-the Embedding module against torch.nn."""
+the Embedding module against torch.nn.
+
+Triton backend: the kernels under TRITON_INTERPRET=1 (float32, CPU tensors; in a fresh
+subprocess, ``test_triton_interpreter_subprocess``, ~10 s on 2 cores) against the oracle with
+repeated indices, padding_idx, unreferenced rows, odd sizes; bitwise determinism; launch
+configurations in ``gate_configs``. ``gpu`` cases: realistic sizes in float32/bfloat16/float16
+against torch in float64, and the sequence models' CUDA lookup going through gatedrnn.
+"""
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +19,8 @@ from gatedrnn.nn.sparse import Embedding
 from gatedrnn.ops import embedding as embedding_ops
 from gatedrnn.ops.embedding import embedding
 
-from spatial_checks import assert_close, cpu_backends, needs_cython, rounded
+from interpreter import INTERPRETING, outside_interpreter, run_interpreted
+from spatial_checks import assert_close, cpu_backends, needs_cython, relative_error, rounded
 
 BACKENDS = cpu_backends("embedding")
 
@@ -147,9 +156,10 @@ def test_bad_input_names_the_argument(arguments, error, message):
         embedding(**call)
 
 
-def test_triton_slot_names_the_fix():
-    with pytest.raises(RuntimeError, match="not implemented yet for backend 'triton'.*backend='numpy'"):
-        embedding_ops._implementations("triton")
+def test_triton_slot_is_wired():
+    pytest.importorskip("triton")
+    forward, backward = embedding_ops._implementations("triton")
+    assert (forward.__module__.endswith("kernels.embedding") and backward.__name__ == "embedding_backward")
 
 
 # --- module ---------------------------------------------------------------------------------------
@@ -184,3 +194,184 @@ def test_module_max_norm_and_from_pretrained(backend):
     assert not ours.weight.requires_grad
     with pytest.raises(NotImplementedError, match="sparse=True is not implemented"):
         Embedding(4, 2, sparse=True)
+
+
+# --- triton backend -------------------------------------------------------------------------------
+
+in_interpreter = pytest.mark.skipif(
+    not INTERPRETING, reason="runs in the TRITON_INTERPRET=1 subprocess (test_triton_interpreter_subprocess)")
+TRITON_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TRITON_TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+# (index shape, num_embeddings, embedding_dim, padding_idx): repeats, unreferenced rows (V > N),
+# odd widths on both sides of the column buckets (16, 64, 256) and of the 8-element alignment.
+TRITON_CASES = dict(CASES, **{
+    "odd-batch-47": ((47,), 33, 24, 3),              # aligned row width, many repeats
+    "unreferenced-rows": ((5, 3), 300, 33, None),    # most rows never looked up: gradient 0
+    "few-rows-many-repeats": ((9, 13), 3, 70, 1),    # 117 lookups of 3 rows, 2 column blocks
+    "wide-odd": ((7,), 20, 301, -3),                 # two 256-column blocks, the second partial
+    "one-column": ((11,), 6, 1, 0),
+})
+
+
+def embedding_kernels():
+    import gatedrnn.kernels.embedding as module  # imports triton: only inside triton tests
+    return module
+
+
+def _gate_listing(module, capability):
+    keys = set()
+    for entry in module.gate_configs(capability):
+        pointer_types = {t for name, t in entry["signature"].items() if name.endswith("_ptr") and t != "*i64"}
+        assert len(pointer_types) == 1, entry
+        keys.add((entry["kernel"], tuple(sorted(entry["constexprs"].items())), entry["num_warps"],
+                  entry["num_stages"], pointer_types.pop()[1:]))
+    return keys
+
+
+def _gate_key(module, kernel, D, dtype):
+    config = module.launch_config(kernel, D, dtype)
+    return (kernel, tuple(sorted(config["constexprs"].items())), config["num_warps"], config["num_stages"],
+            module.TRITON_TYPES[dtype])
+
+
+@pytest.fixture
+def recorded_launches(monkeypatch):
+    """Every launch configuration picked during the test; each must be in gate_configs(80/90)."""
+    module = embedding_kernels()
+    picks = []
+    choose = module.launch_config
+
+    def recording(kernel, D, dtype):
+        picks.append((kernel, D, dtype))
+        return choose(kernel, D, dtype)
+
+    monkeypatch.setattr(module, "launch_config", recording)
+    yield picks
+    assert picks, "no triton launch recorded"
+    monkeypatch.setattr(module, "launch_config", choose)
+    for capability in (80, 90):
+        listing = _gate_listing(module, capability)
+        missing = {pick for pick in picks if _gate_key(module, *pick) not in listing}
+        assert not missing, f"launches not in gate_configs({capability}): {missing}"
+
+
+def check_triton_embedding(case, dtype, device, seed=0):
+    indices, weight, padding_idx = draw(case, seed)
+    weight_t = torch.tensor(weight, dtype=dtype, device=device, requires_grad=True)
+    indices_t = torch.tensor(indices, device=device)
+    y = embedding(indices_t, weight_t, padding_idx, backend="triton")
+    assert y.dtype == dtype and y.shape == indices.shape + (weight.shape[1],)
+    grad_y = torch.tensor(np.random.default_rng(seed + 1).standard_normal(tuple(y.shape)), dtype=dtype, device=device)
+    y.backward(grad_y)
+    # Reference in float64 on what the kernel saw (the rounded weight and gradient).
+    expected = weight_t.detach().double()[indices_t]
+    expected_grad = torch.zeros(weight.shape, dtype=torch.float64, device=device)
+    expected_grad.index_add_(0, indices_t.reshape(-1), grad_y.double().reshape(-1, weight.shape[1]))
+    if padding_idx is not None:
+        expected_grad[padding_idx] = 0
+        assert torch.count_nonzero(weight_t.grad[padding_idx]) == 0
+    assert torch.equal(y, weight_t.detach()[indices_t])  # a copy: exact in every dtype
+    for name, actual, reference in (("y", y, expected), ("grad_weight", weight_t.grad, expected_grad)):
+        error = relative_error(actual, reference.cpu().numpy())
+        assert error <= TRITON_TOLERANCE[dtype], f"{name}: relative error {error:.3e}"
+    unreferenced = torch.ones(weight.shape[0], dtype=torch.bool, device=device)
+    unreferenced[indices_t.reshape(-1)] = False
+    assert torch.count_nonzero(weight_t.grad[unreferenced]) == 0
+
+
+def check_triton_deterministic(rows, dim, lookups, dtype, device):
+    """Many repeats of few rows: two backward runs are bitwise equal."""
+    generator = torch.Generator().manual_seed(0)
+    indices = torch.randint(0, rows, (lookups,), generator=generator).to(device)
+    weight = torch.randn(rows, dim, generator=generator).to(device, dtype).requires_grad_()
+    grad_y = torch.randn(lookups, dim, generator=generator).to(device, dtype)
+    grads = [torch.autograd.grad(embedding(indices, weight, backend="triton"), weight, grad_y)[0] for _ in range(2)]
+    assert torch.equal(grads[0], grads[1])
+
+
+@in_interpreter
+@pytest.mark.parametrize("name", list(TRITON_CASES))
+def test_triton_interpreter_matches_oracle(name, recorded_launches):
+    check_triton_embedding(TRITON_CASES[name], torch.float32, "cpu")
+
+
+@in_interpreter
+def test_triton_interpreter_against_oracle_int32_indices(recorded_launches):
+    indices, weight, padding_idx = draw(TRITON_CASES["odd-batch-47"], seed=5)
+    weight_t = torch.tensor(weight, dtype=torch.float32, requires_grad=True)
+    y = embedding(torch.tensor(indices, dtype=torch.int32), weight_t, padding_idx, backend="triton")
+    grad_y = np.random.default_rng(6).standard_normal(tuple(y.shape)).astype(np.float32)
+    y.backward(torch.tensor(grad_y))
+    assert_close({"y": (y, oracle.embedding_forward(indices, weight.astype(np.float32))),
+                  "grad_weight": (weight_t.grad, oracle.embedding_backward(grad_y, indices, weight.shape[0],
+                                                                           padding_idx))}, torch.float32)
+
+
+@in_interpreter
+def test_triton_interpreter_deterministic(recorded_launches):
+    check_triton_deterministic(3, 37, 301, torch.float32, "cpu")
+
+
+@outside_interpreter
+def test_triton_interpreter_subprocess():
+    run_interpreted(__file__, "triton_interpreter and not subprocess", timeout=600)
+
+
+@pytest.mark.parametrize("dtype", list(TRITON_DTYPES.values()), ids=list(TRITON_DTYPES))
+def test_triton_launch_configs_are_in_gate_configs(dtype):
+    """For widths 1..5000 (every bucket, aligned or not) the launchers' configuration of both
+    kernels is listed by gate_configs for both targets; signatures name every argument."""
+    pytest.importorskip("triton")
+    module = embedding_kernels()
+    for capability in (80, 90):
+        listing = _gate_listing(module, capability)
+        for fn in module.KERNELS:
+            for D in list(range(1, 600)) + [767, 768, 1000, 1024, 4096, 4099, 5000]:
+                assert _gate_key(module, fn.__name__, D, dtype) in listing, (fn.__name__, D)
+        for entry in module.gate_configs(capability):
+            fn = getattr(module, entry["kernel"])
+            assert list(entry["signature"]) == list(fn.arg_names)
+            assert {n for n, t in entry["signature"].items() if t == "constexpr"} == set(entry["constexprs"])
+        assert len(listing) <= 40  # the compile gate builds each, twice, on 2 cores
+
+
+# --- triton on a GPU --------------------------------------------------------------------------------
+
+GPU_CASES = {
+    "words-50k-x512": ((32, 257), 50021, 512, 0),
+    "chars-97-x200": ((64, 255), 97, 200, None),    # few rows, hundreds of repeats each
+    "narrow-1000-x13": ((4099,), 1000, 13, 7),
+}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(TRITON_DTYPES.values()), ids=list(TRITON_DTYPES))
+@pytest.mark.parametrize("name", list(GPU_CASES))
+def test_triton_gpu_matches_reference(name, dtype):
+    check_triton_embedding(GPU_CASES[name], dtype, "cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(TRITON_DTYPES.values()), ids=list(TRITON_DTYPES))
+def test_triton_gpu_deterministic(dtype):
+    check_triton_deterministic(5, 300, 100003, dtype, "cuda")
+
+
+@pytest.mark.gpu
+def test_sequence_model_looks_up_with_gatedrnn_on_cuda(monkeypatch):
+    """The sequence models' CUDA embedding goes through gatedrnn.embedding (no F.embedding
+    fallback), with gradients."""
+    from gatedrnn.models.sequence import CharLanguageModel
+
+    model = CharLanguageModel(vocab_size=37, hidden_size=32).cuda()
+    tokens = torch.randint(0, 37, (5, 19), device="cuda")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("F.embedding called")
+
+    monkeypatch.setattr(F, "embedding", refuse)  # torch.nn.functional, where the old fallback called it
+    embedded = model.embed(tokens)
+    torch.testing.assert_close(embedded, model.embedding.weight[tokens], rtol=0, atol=0)
+    embedded.square().sum().backward()
+    assert model.embedding.weight.grad is not None

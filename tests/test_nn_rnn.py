@@ -12,7 +12,6 @@ import math
 import os
 import pickle
 import random
-import subprocess
 import sys
 import time
 
@@ -23,9 +22,10 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import gatedrnn
 import gatedrnn.nn as gnn
 
+from interpreter import INTERPRETING as INTERPRETING_TRITON, outside_interpreter, run_interpreted
+
 HAS_CYTHON = gatedrnn.available_backends()["cython"].available
 CPU_BACKENDS = ["numpy"] + (["cython"] if HAS_CYTHON else [])
-INTERPRETING_TRITON = os.environ.get("TRITON_INTERPRET", "0") == "1"
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -202,15 +202,9 @@ def test_matches_torch_nn_triton_interpreted(config):
 
 
 @pytest.mark.skipif(not HAS_KERNELS, reason="gatedrnn.kernels (Triton) not installed in this checkout")
-@pytest.mark.skipif(INTERPRETING_TRITON, reason="already interpreting")
+@outside_interpreter
 def test_triton_interpreter_subprocess():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", os.path.abspath(__file__),
-         "-k", "triton_interpreted"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    run_interpreted(__file__, "triton_interpreted", timeout=600)
 
 
 # --- the module surface -------------------------------------------------------------------------

@@ -1,6 +1,15 @@
 """max_pool2d / avg_pool2d / adaptive_avg_pool2d: the oracle against torch.nn.functional
 (float64), every CPU backend against the oracle (forward, indices, gradients), the custom ops'
-registration, bad input, and the modules against torch.nn."""
+registration, bad input, and the modules against torch.nn.
+
+Triton backend: the kernels under TRITON_INTERPRET=1 (float32, CPU tensors) against the oracle
+over the geometry cases (ties, NaN, odd sizes, windows missing the input), bitwise determinism,
+and that every launch configuration the launchers pick is in ``gate_configs``. Triton chooses
+the interpreter when the kernel module is imported, so those cases run in a fresh subprocess
+(``test_triton_interpreter_subprocess``, ~15 s on 2 cores). ``gpu`` cases: realistic sizes in
+float32/bfloat16/float16 against torch in float64 on the device.
+"""
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +20,8 @@ from gatedrnn.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from gatedrnn.ops import pool as pool_ops
 from gatedrnn.ops.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
-from spatial_checks import assert_close, cpu_backends, needs_cython, rounded
+from interpreter import INTERPRETING, outside_interpreter, run_interpreted
+from spatial_checks import assert_close, cpu_backends, needs_cython, relative_error, rounded
 
 BACKENDS = cpu_backends("pool")
 DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -215,15 +225,13 @@ def test_bad_input_names_the_argument(function, arguments, error, message):
         function(torch.randn(2, 3, 7, 6), **arguments, backend="numpy")
 
 
-def test_bad_tensors_and_triton_slot():
+def test_bad_tensors():
     with pytest.raises(TypeError, match="input must be a floating-point tensor"):
         max_pool2d(torch.ones(1, 1, 4, 4, dtype=torch.int64), 2, backend="numpy")
     with pytest.raises(ValueError, match="input must be 4-D"):
         avg_pool2d(torch.randn(4, 4), 2, backend="numpy")
     with pytest.raises(ValueError, match="non-zero H and W"):
         adaptive_avg_pool2d(torch.randn(1, 2, 0, 4), 2, backend="numpy")
-    with pytest.raises(RuntimeError, match="not implemented yet for backend 'triton'"):
-        pool_ops._implementations("triton")
 
 
 # --- modules --------------------------------------------------------------------------------------
@@ -276,3 +284,335 @@ def test_cython_extension_checks_its_own_arguments():
         extension.max_pool2d_forward(x, 2, 2, 2, 2, 0, 0, 0, 1, y, indices, 1)
     with pytest.raises(ValueError, match="must be positive"):
         extension.avg_pool2d_forward(x, 2, 2, 0, 2, 0, 0, True, 0, y, 1)
+
+
+# --- triton backend -------------------------------------------------------------------------------
+
+in_interpreter = pytest.mark.skipif(
+    not INTERPRETING, reason="runs in the TRITON_INTERPRET=1 subprocess (test_triton_interpreter_subprocess)")
+TRITON_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Norm-wise relative tolerance of the triton backend (float32 accumulation in every dtype; the
+# half types round the inputs/outputs: 8 and 11 significant bits).
+TRITON_TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+TRITON_MAX_CASES = dict(MAX_CASES, **{
+    "odd-47x33-dilated-ceil": ((1, 2, 47, 33), dict(kernel_size=(4, 3), stride=(3, 2), padding=(2, 1),
+                                                     dilation=(1, 2), ceil_mode=True)),
+    "overlap-s1-batch3": ((3, 2, 13, 11), dict(kernel_size=3, stride=1, padding=1)),
+})
+TRITON_AVG_CASES = dict(AVG_CASES, **{
+    "odd-47x33-ceil-exclude-pad": ((1, 2, 47, 33), dict(kernel_size=(5, 4), stride=(3, 2), padding=(2, 1),
+                                                         ceil_mode=True, count_include_pad=False)),
+    "negative-divisor": ((2, 1, 9, 8), dict(kernel_size=3, stride=2, padding=1, divisor_override=-4)),
+    "ceil-include-pad": ((1, 3, 10, 9), dict(kernel_size=4, stride=3, padding=2, ceil_mode=True)),
+})
+TRITON_ADAPTIVE_CASES = dict(ADAPTIVE_CASES, **{
+    "odd-47x33": ((1, 2, 47, 33), (5, 7)),
+    "upsampling-odd": ((2, 1, 5, 3), (11, 7)),
+})
+
+
+def pool_kernels():
+    import gatedrnn.kernels.pool as module  # imports triton: only inside triton tests
+    return module
+
+
+def _gate_key(kernel, config, dtype):
+    from gatedrnn.kernels.pool import TRITON_TYPES
+    return (kernel, tuple(sorted(config["constexprs"].items())), config["num_warps"], config["num_stages"],
+            TRITON_TYPES[dtype])
+
+
+def _gate_listing(module, capability):
+    keys = set()
+    for entry in module.gate_configs(capability):
+        pointer_types = {t for name, t in entry["signature"].items() if name.endswith("_ptr") and t != "*i64"}
+        assert len(pointer_types) == 1, entry  # one floating dtype per compile
+        keys.add((entry["kernel"], tuple(sorted(entry["constexprs"].items())), entry["num_warps"],
+                  entry["num_stages"], pointer_types.pop()[1:]))
+    return keys
+
+
+@pytest.fixture
+def recorded_launches(monkeypatch):
+    """Every launch configuration the launchers pick during the test; afterwards each must be in
+    gate_configs(80) and gate_configs(90) (what the compile gate compiles)."""
+    module = pool_kernels()
+    picks = []
+    choose = module.launch_config
+
+    def recording(kernel, dtype):
+        config = choose(kernel, dtype)
+        picks.append(_gate_key(kernel, config, dtype))
+        return config
+
+    monkeypatch.setattr(module, "launch_config", recording)
+    yield picks
+    assert picks, "no triton launch recorded"
+    for capability in (80, 90):
+        missing = set(picks) - _gate_listing(module, capability)
+        assert not missing, f"launches not in gate_configs({capability}): {missing}"
+
+
+def _to(array, dtype, device):
+    return torch.tensor(array, dtype=dtype, device=device)
+
+
+def _rel(actual, expected):
+    """Relative error of a tensor against a float64 tensor or array (finite check included)."""
+    if isinstance(expected, torch.Tensor):
+        expected = expected.detach().cpu().numpy()
+    return relative_error(actual, expected)
+
+
+def _check(named, dtype):
+    for name, (actual, expected) in named.items():
+        error = _rel(actual, expected)
+        assert error <= TRITON_TOLERANCE[dtype], f"{name}: relative error {error:.3e} > {TRITON_TOLERANCE[dtype]:.0e}"
+
+
+# The GPU cases compare with torch itself in float64 on the device (the oracle is slow at large
+# sizes; same semantics for windows that meet the input); the interpreter cases with the oracle.
+
+def _max_reference(x64, grad_y64, options, reference):
+    """(y, indices, grad_x) in float64 from ``reference`` ("oracle" or "torch")."""
+    if reference == "oracle":
+        y, indices = oracle.max_pool2d_forward(x64.numpy(), **options)
+        return y, indices, oracle.max_pool2d_backward(grad_y64.numpy(), indices, tuple(x64.shape))
+    x64 = x64.clone().requires_grad_()
+    y, indices = F.max_pool2d(x64, **options, return_indices=True)
+    y.backward(grad_y64)
+    return y, indices.cpu().numpy(), x64.grad
+
+
+def _avg_reference(x64, grad_y64, options, reference):
+    if reference == "oracle":
+        return (oracle.avg_pool2d_forward(x64.numpy(), **options),
+                oracle.avg_pool2d_backward(grad_y64.numpy(), tuple(x64.shape), **options))
+    x64 = x64.clone().requires_grad_()
+    y = F.avg_pool2d(x64, **options)
+    y.backward(grad_y64)
+    return y, x64.grad
+
+
+def _adaptive_reference(x64, grad_y64, size, reference):
+    if reference == "oracle":
+        return (oracle.adaptive_avg_pool2d_forward(x64.numpy(), size),
+                oracle.adaptive_avg_pool2d_backward(grad_y64.numpy(), tuple(x64.shape)))
+    x64 = x64.clone().requires_grad_()
+    y = F.adaptive_avg_pool2d(x64, size)
+    y.backward(grad_y64)
+    return y, x64.grad
+
+
+def _inputs(shape, dtype, device, ties=False, seed=0):
+    """x (requires grad) in dtype, and the same values in float64 (what the reference sees)."""
+    x = _to(draw(shape, seed, ties), dtype, device)
+    return x.requires_grad_(), x.detach().to(torch.float64)
+
+
+def _grad_like(y, seed=1):
+    grad_y = _to(np.random.default_rng(seed).standard_normal(tuple(y.shape)), y.dtype, y.device)
+    return grad_y, grad_y.to(torch.float64)
+
+
+def check_triton_max(shape, options, dtype, device, reference="oracle", ties=True):
+    x, x64 = _inputs(shape, dtype, device, ties)
+    y, indices = max_pool2d(x, **options, return_indices=True, backend="triton")
+    assert y.dtype == dtype and indices.dtype == torch.int64
+    grad_y, grad_y64 = _grad_like(y)
+    y.backward(grad_y)
+    expected, expected_indices, expected_grad = _max_reference(x64, grad_y64, options, reference)
+    np.testing.assert_array_equal(indices.cpu().numpy(), expected_indices)
+    _check({"y": (y, expected), "grad_x": (x.grad, expected_grad)}, dtype)
+
+
+def check_triton_avg(shape, options, dtype, device, reference="oracle"):
+    x, x64 = _inputs(shape, dtype, device)
+    y = avg_pool2d(x, **options, backend="triton")
+    grad_y, grad_y64 = _grad_like(y)
+    y.backward(grad_y)
+    expected, expected_grad = _avg_reference(x64, grad_y64, options, reference)
+    _check({"y": (y, expected), "grad_x": (x.grad, expected_grad)}, dtype)
+
+
+def check_triton_adaptive(shape, size, dtype, device, reference="oracle"):
+    x, x64 = _inputs(shape, dtype, device)
+    y = adaptive_avg_pool2d(x, size, backend="triton")
+    grad_y, grad_y64 = _grad_like(y)
+    y.backward(grad_y)
+    expected, expected_grad = _adaptive_reference(x64, grad_y64, size, reference)
+    _check({"y": (y, expected), "grad_x": (x.grad, expected_grad)}, dtype)
+
+
+def check_triton_deterministic(shape, dtype, device):
+    """Two runs of every backward (overlapping windows: elements sum several gradients) are
+    bitwise equal."""
+    x, _ = _inputs(shape, dtype, device, ties=True)
+    runs = []
+    for _ in range(2):
+        x.grad = None
+        y1 = max_pool2d(x, 3, 1, 1, backend="triton")
+        y2 = avg_pool2d(x, 3, 1, 1, count_include_pad=False, backend="triton")
+        y3 = adaptive_avg_pool2d(x, (shape[2] - 2, shape[3] - 3), backend="triton")
+        grads = torch.autograd.grad([y1, y2, y3], [x], [_grad_like(y)[0] for y in (y1, y2, y3)])
+        runs.append((y1, y2, y3) + grads)
+    for first, second in zip(*runs):
+        assert torch.equal(first, second)
+
+
+@in_interpreter
+@pytest.mark.parametrize("name", list(TRITON_MAX_CASES))
+def test_triton_interpreter_max(name, recorded_launches):
+    check_triton_max(*TRITON_MAX_CASES[name], torch.float32, "cpu")
+
+
+@in_interpreter
+@pytest.mark.parametrize("name", list(TRITON_AVG_CASES))
+def test_triton_interpreter_avg(name, recorded_launches):
+    check_triton_avg(*TRITON_AVG_CASES[name], torch.float32, "cpu")
+
+
+@in_interpreter
+@pytest.mark.parametrize("name", list(TRITON_ADAPTIVE_CASES))
+def test_triton_interpreter_adaptive(name, recorded_launches):
+    check_triton_adaptive(*TRITON_ADAPTIVE_CASES[name], torch.float32, "cpu")
+
+
+@in_interpreter
+def test_triton_interpreter_max_nan_and_infinity(recorded_launches):
+    """NaN propagates (the last NaN of a window is its index), -inf inputs, ties."""
+    x = np.round(draw((2, 3, 9, 8), seed=3))
+    x[0, 0, 1, 1] = x[0, 0, 2, 3] = x[1, 2, 7, 7] = np.nan
+    x[0, 1, :4, :4] = -np.inf
+    for options in (dict(kernel_size=2, stride=1), dict(kernel_size=3, stride=2, padding=1, ceil_mode=True)):
+        x_t = torch.tensor(x, dtype=torch.float32, requires_grad=True)
+        y, indices = max_pool2d(x_t, **options, return_indices=True, backend="triton")
+        expected, expected_indices = oracle.max_pool2d_forward(x, **options)
+        np.testing.assert_array_equal(y.detach().numpy(), expected.astype(np.float32))  # NaN == NaN here
+        np.testing.assert_array_equal(indices.numpy(), expected_indices)
+        grad_y = np.random.default_rng(2).standard_normal(tuple(y.shape)).astype(np.float32)
+        y.backward(torch.tensor(grad_y))
+        expected_grad = oracle.max_pool2d_backward(grad_y.astype(np.float64), expected_indices, x.shape)
+        assert relative_error(x_t.grad, expected_grad) <= TRITON_TOLERANCE[torch.float32]
+
+
+@in_interpreter
+def test_triton_interpreter_windows_that_miss_the_input(recorded_launches):
+    """Dilation steps over the input: -inf and torch's index. Such a window's output does not
+    depend on the input, so no element gets its gradient, also where torch's index (first
+    column past a 1-wide plane) aliases the next row's element, which the CPU backends'
+    scatter-by-index credits (see report); the gather here does not."""
+    for shape, options in (((1, 2, 1, 3), dict(kernel_size=(2, 2), stride=(4, 1), padding=(1, 1), dilation=(2, 1),
+                                                ceil_mode=True)),
+                           ((1, 1, 3, 1), dict(kernel_size=(1, 2), stride=1, padding=(0, 1), dilation=(1, 2)))):
+        x = torch.randn(shape, requires_grad=True)
+        y, indices = max_pool2d(x, **options, return_indices=True, backend="triton")
+        expected, expected_indices = F.max_pool2d(x.detach().double(), **options, return_indices=True)
+        torch.testing.assert_close(y.double(), expected, rtol=0, atol=0)
+        torch.testing.assert_close(indices, expected_indices, rtol=0, atol=0)
+        y.backward(torch.ones_like(y))
+        assert torch.count_nonzero(x.grad) == 0
+
+
+@in_interpreter
+def test_triton_interpreter_torch_reference(recorded_launches):
+    """The comparison the GPU cases make (torch in float64), on small CPU cases."""
+    check_triton_max(*TRITON_MAX_CASES["dilated-ceil"], torch.float32, "cpu", reference="torch")
+    check_triton_avg(*TRITON_AVG_CASES["ceil-exclude-pad"], torch.float32, "cpu", reference="torch")
+    check_triton_adaptive(*TRITON_ADAPTIVE_CASES["uneven"], torch.float32, "cpu", reference="torch")
+
+
+@in_interpreter
+def test_triton_interpreter_deterministic(recorded_launches):
+    check_triton_deterministic((2, 3, 11, 10), torch.float32, "cpu")
+
+
+@in_interpreter
+def test_triton_interpreter_float16_and_unbatched(recorded_launches):
+    x = torch.tensor(draw((3, 9, 7), ties=True), dtype=torch.float16, requires_grad=True)
+    reference = x.detach().double().requires_grad_()
+    for function, options in ((max_pool2d, dict(kernel_size=3, stride=2, padding=1)),
+                              (avg_pool2d, dict(kernel_size=2, stride=1, padding=1))):
+        x.grad = reference.grad = None
+        y = function(x, **options, backend="triton")
+        y_ref = getattr(F, function.__name__)(reference, **options)
+        grad_y = torch.randn(y.shape).to(torch.float16)
+        y.backward(grad_y)
+        y_ref.backward(grad_y.double())
+        _check({"y": (y, y_ref), "grad_x": (x.grad, reference.grad)}, torch.float16)
+
+
+@outside_interpreter
+def test_triton_interpreter_subprocess():
+    run_interpreted(__file__, "triton_interpreter and not subprocess", timeout=600)
+
+
+def test_triton_launch_configs_are_in_gate_configs():
+    """The launchers' configuration (one per kernel and dtype) is what gate_configs lists for
+    both targets, with a signature naming every kernel argument in order."""
+    pytest.importorskip("triton")
+    module = pool_kernels()
+    for capability in (80, 90):
+        listing = _gate_listing(module, capability)
+        assert len(listing) == len(module.gate_configs(capability)) == 3 * len(module.KERNELS)
+        for fn in module.KERNELS:
+            for dtype in TRITON_DTYPES.values():
+                assert _gate_key(fn.__name__, module.launch_config(fn.__name__, dtype), dtype) in listing
+        for entry in module.gate_configs(capability):
+            fn = getattr(module, entry["kernel"])
+            assert list(entry["signature"]) == list(fn.arg_names)
+            assert {n for n, t in entry["signature"].items() if t == "constexpr"} == set(entry["constexprs"])
+
+
+def test_triton_slot_is_wired():
+    pytest.importorskip("triton")
+    assert type(pool_ops._implementations("triton")).__name__ == "TritonPool"
+
+
+# --- triton on a GPU --------------------------------------------------------------------------------
+
+GPU_MAX_CASES = {
+    "resnet-stem-3x3-s2-p1": ((16, 64, 112, 112), dict(kernel_size=3, stride=2, padding=1)),
+    "2x2-ceil-odd": ((8, 96, 55, 55), dict(kernel_size=2, stride=2, ceil_mode=True)),
+    "dilated": ((4, 32, 47, 33), dict(kernel_size=3, stride=1, padding=1, dilation=2)),
+}
+GPU_AVG_CASES = {
+    "3x3-s1-exclude-pad": ((16, 128, 56, 56), dict(kernel_size=3, stride=1, padding=1, count_include_pad=False)),
+    "2x2-s2": ((16, 256, 28, 28), dict(kernel_size=2, stride=2)),
+    "ceil-divisor": ((4, 64, 47, 33), dict(kernel_size=(5, 3), stride=(2, 3), padding=(2, 1), ceil_mode=True,
+                                           divisor_override=7)),
+}
+GPU_ADAPTIVE_CASES = {
+    "global-7x7": ((64, 512, 7, 7), (1, 1)),
+    "13-to-6": ((8, 256, 13, 13), (6, 6)),
+    "upsampling": ((4, 64, 5, 7), (11, 9)),
+}
+gpu_dtypes = pytest.mark.parametrize("dtype", list(TRITON_DTYPES.values()), ids=list(TRITON_DTYPES))
+
+
+@pytest.mark.gpu
+@gpu_dtypes
+@pytest.mark.parametrize("name", list(GPU_MAX_CASES))
+def test_triton_gpu_max(name, dtype):
+    check_triton_max(*GPU_MAX_CASES[name], dtype, "cuda", reference="torch")
+
+
+@pytest.mark.gpu
+@gpu_dtypes
+@pytest.mark.parametrize("name", list(GPU_AVG_CASES))
+def test_triton_gpu_avg(name, dtype):
+    check_triton_avg(*GPU_AVG_CASES[name], dtype, "cuda", reference="torch")
+
+
+@pytest.mark.gpu
+@gpu_dtypes
+@pytest.mark.parametrize("name", list(GPU_ADAPTIVE_CASES))
+def test_triton_gpu_adaptive(name, dtype):
+    check_triton_adaptive(*GPU_ADAPTIVE_CASES[name], dtype, "cuda", reference="torch")
+
+
+@pytest.mark.gpu
+@gpu_dtypes
+def test_triton_gpu_deterministic(dtype):
+    check_triton_deterministic((8, 64, 57, 41), dtype, "cuda")

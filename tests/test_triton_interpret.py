@@ -13,14 +13,14 @@ directly. Runtime: ~40 s on 2 cores.
 """
 import importlib
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
 
-INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from interpreter import INTERPRETING, outside_interpreter, run_interpreted
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -182,20 +182,6 @@ def test_mode_choice_is_logged(caplog):
 # ---------------------------------------------------------------------------------------------
 # Entry point in an ordinary (non-interpreter) test session
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.skipif(INTERPRETING, reason="already inside the interpreter subprocess")
+@outside_interpreter
 def test_in_interpreter():
-    triton = pytest.importorskip("triton")
-    # Triton 3.6's interpreter turns integer kernel arguments into 1-element arrays and calls
-    # int() on them (range bounds), which NumPy >= 2.4 rejects; 3.9's interpreter is fine.
-    tv = tuple(int(p) for p in triton.__version__.split(".")[:2])
-    nv = tuple(int(p) for p in np.__version__.split(".")[:2])
-    if tv < (3, 7) and nv >= (2, 4):
-        pytest.skip(f"interpreter of triton {triton.__version__} fails with numpy {np.__version__}")
-    env = dict(os.environ, TRITON_INTERPRET="1", GATEDRNN_POISON_OUTPUTS="1")
-    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(
-        os.pathsep) if p])
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         os.path.abspath(__file__)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    run_interpreted(__file__, "not test_in_interpreter")

@@ -26,14 +26,6 @@ CELLS = ("lstm", "gru", "rnn")
 _IMPLEMENTATIONS = ("gatedrnn", "torch")
 
 
-def _triton_embedding_implemented() -> bool:
-    """Whether gatedrnn.embedding has Triton kernels (its loader is still the placeholder)."""
-    from ..ops import embedding as embedding_module
-
-    loader = embedding_module._implementations.loaders.get("triton")
-    return loader is not None and "triton_not_implemented" not in getattr(loader, "__qualname__", "")
-
-
 def _recurrent_class(cell: str, implementation: str):
     if cell not in CELLS:
         raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
@@ -72,12 +64,8 @@ class _EmbeddingRecurrentStack(torch.nn.Module):
         self.dropout = torch.nn.Dropout(dropout)
 
     def embed(self, tokens: Tensor) -> Tensor:
-        """The embedding lookup. gatedrnn's embedding has no Triton kernel yet, so a CUDA lookup
-        that would land on it runs as torch's ``F.embedding`` on the same weight (the recurrent
-        layers, where the time goes, still run on gatedrnn)."""
-        if (self.implementation == "gatedrnn" and tokens.device.type == "cuda"
-                and self.backend in (None, "triton") and not _triton_embedding_implemented()):
-            return F.embedding(tokens, self.embedding.weight)
+        """The embedding lookup: tokens (B, T) -> (B, T, embedding_dim), on gatedrnn's embedding op
+        (any backend, Triton on CUDA) or torch's module for ``implementation="torch"``."""
         return self.embedding(tokens)
 
     def features(self, tokens: Tensor, state=None):

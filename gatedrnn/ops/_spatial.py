@@ -17,7 +17,7 @@ from ..backends import resolve_backend
 from ._recurrence import _BACKEND_DTYPES
 
 __all__ = ["is_int", "int_tuple", "check_tensor", "check_same", "pick_backend", "Implementations",
-           "cpu_module", "triton_not_implemented"]
+           "cpu_module"]
 
 
 def is_int(value) -> bool:
@@ -91,14 +91,3 @@ def cpu_module(name: str):
             f"backend 'cython' cannot run {name} here: gatedrnn._cpu.{name} is not built ({error}). "
             "Fix: rebuild the extensions (`pip install -e .` in a checkout), or use backend='numpy'."
         ) from None
-
-
-def triton_not_implemented(op: str) -> Callable[[], object]:
-    def load():
-        raise RuntimeError(
-            f"gatedrnn.{op} is not implemented yet for backend 'triton' (its GPU kernels are still "
-            "to be written). Fix: use backend='cython' for CPU tensors, or backend='numpy' (the "
-            "float64 reference; runs from any device)."
-        )
-
-    return load

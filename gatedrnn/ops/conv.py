@@ -14,9 +14,11 @@ covers the asymmetric ``"same"`` padding of an even kernel)::
 ``output_mask`` = (input gradient wanted, weight gradient wanted); an unwanted gradient comes
 back as an empty tensor of shape (0,). The bias gradient is always computed (it is cheap).
 
-Backend contract (contiguous tensors of one dtype and device, N >= 1):
+Backend contract (tensors of one dtype and device, N >= 1; contiguous for the CPU backends,
+as given for ``triton``, whose kernels read through strides, so channels_last input is not copied):
     conv2d_forward(x, w, b, stride, padding, dilation, groups) -> y
     conv2d_backward(grad_y, x, w, stride, padding, dilation, groups, output_mask) -> (gx, gw, gb)
+The Triton kernels are ``kernels/conv.py`` (implicit GEMM; direct kernels for depthwise).
 The Cython extension ``gatedrnn._cpu.conv`` takes NumPy arrays with outputs preallocated::
     conv2d_forward(x, w, bias, sh, sw, pad_top, pad_left, dh, dw, groups, y, num_threads)
     conv2d_backward(grad_y, x, w, sh, sw, pad_top, pad_left, dh, dw, groups,
@@ -32,8 +34,7 @@ from torch import Tensor
 
 from .. import oracle
 from ._recurrence import from_numpy, new_output, run_cpu_kernel, to_numpy64
-from ._spatial import (Implementations, check_same, check_tensor, cpu_module, int_tuple, is_int,
-                       pick_backend, triton_not_implemented)
+from ._spatial import Implementations, check_same, check_tensor, cpu_module, int_tuple, is_int, pick_backend
 
 __all__ = ["conv2d", "conv1d"]
 
@@ -88,11 +89,27 @@ def _cython():
     return forward, backward
 
 
+# --- triton backend -----------------------------------------------------------------------------
+
+def _triton():
+    from ..kernels import conv as kernels
+
+    return kernels.conv2d_forward, kernels.conv2d_backward
+
+
 _implementations = Implementations("conv2d", {
     "numpy": lambda: (_numpy_forward, _numpy_backward),
     "cython": _cython,
-    "triton": triton_not_implemented("conv2d"),
+    "triton": _triton,
 })
+
+
+def _as_backend_reads(backend: str, *tensors):
+    """The tensors as the backend reads them: the Triton kernels take any strides (channels_last
+    input without a copy); the CPU backends want contiguous arrays."""
+    if backend == "triton":
+        return tensors
+    return tuple(t.contiguous() if t is not None else None for t in tensors)
 
 
 # --- custom ops ---------------------------------------------------------------------------------
@@ -100,8 +117,7 @@ _implementations = Implementations("conv2d", {
 @torch.library.custom_op("gatedrnn::conv2d", mutates_args=())
 def _conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
                padding: Sequence[int], dilation: Sequence[int], groups: int, backend: str) -> Tensor:
-    input, weight = input.contiguous(), weight.contiguous()
-    bias = bias.contiguous() if bias is not None else None
+    input, weight, bias = _as_backend_reads(backend, input, weight, bias)
     if input.shape[0] == 0:
         return input.new_zeros(_output_shape(input, weight, stride, padding, dilation))
     forward, _ = _implementations(backend)
@@ -117,7 +133,7 @@ def _(input, weight, bias, stride, padding, dilation, groups, backend):
 def _conv2d_backward_op(grad_output: Tensor, input: Tensor, weight: Tensor, stride: Sequence[int],
                         padding: Sequence[int], dilation: Sequence[int], groups: int, backend: str,
                         output_mask: Sequence[bool]) -> Tuple[Tensor, Tensor, Tensor]:
-    grad_output, input, weight = grad_output.contiguous(), input.contiguous(), weight.contiguous()
+    grad_output, input, weight = _as_backend_reads(backend, grad_output, input, weight)
     if input.shape[0] == 0:
         return (input.new_zeros(input.shape if output_mask[0] else (0,)),
                 weight.new_zeros(weight.shape if output_mask[1] else (0,)), weight.new_zeros(weight.shape[0]))

@@ -15,6 +15,10 @@ The Cython extension ``gatedrnn._cpu.embedding`` (NumPy arrays, outputs prealloc
     embedding_backward(grad_output, indices, padding_idx, grad_weight, num_threads)
         # OpenMP over column blocks of D: each thread walks all indices in order for its columns
 Both raise IndexError on an index outside [0, V).
+
+The triton backend (``gatedrnn.kernels.embedding``) has the same forward/backward pair; its
+backward sorts the indices (stable) and sums each row's occurrences in sorted order, one
+program per (row, column block): deterministic, no atomics. It trusts the range check here.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from torch import Tensor
 
 from .. import oracle
 from ._recurrence import from_numpy, new_output, run_cpu_kernel, to_numpy64
-from ._spatial import Implementations, check_tensor, cpu_module, is_int, pick_backend, triton_not_implemented
+from ._spatial import Implementations, check_tensor, cpu_module, is_int, pick_backend
 
 __all__ = ["embedding"]
 
@@ -58,10 +62,16 @@ def _cython():
     return forward, backward
 
 
+def _triton():
+    from ..kernels import embedding as kernels
+
+    return kernels.embedding_forward, kernels.embedding_backward
+
+
 _implementations = Implementations("embedding", {
     "numpy": _numpy,
     "cython": _cython,
-    "triton": triton_not_implemented("embedding"),
+    "triton": _triton,
 })
 
 

@@ -9,7 +9,8 @@ Custom ops (geometry explicit, stride already defaulted to the kernel)::
 
     gatedrnn::max_pool2d(input, kernel[2], stride[2], padding[2], dilation[2], ceil_mode, backend)
         -> (output, indices int64, flat h*W + w within the plane)
-    gatedrnn::max_pool2d_backward(grad_output, indices, input_size[4], backend) -> grad_input
+    gatedrnn::max_pool2d_backward(grad_output, indices, input_size[4], kernel[2], stride[2],
+                                  padding[2], dilation[2], backend) -> grad_input
     gatedrnn::avg_pool2d(input, kernel, stride, padding, ceil_mode, count_include_pad,
                          divisor_override?, backend) -> output
     gatedrnn::avg_pool2d_backward(grad_output, input_size, kernel, stride, padding, ceil_mode,
@@ -25,6 +26,11 @@ OpenMP over the N*C planes)::
     avg_pool2d_backward(grad_y, kh, kw, sh, sw, ph, pw, bint count_include_pad, divisor_override, grad_x, num_threads)
     adaptive_avg_pool2d_forward(x, y, num_threads)
     adaptive_avg_pool2d_backward(grad_y, grad_x, num_threads)
+
+The triton backend is ``gatedrnn.kernels.pool.TritonPool`` (same methods). Its backward kernels
+gather, per input element, the gradients of the windows that contain it (deterministic, no
+atomics), so max-pool backward needs the window geometry besides the indices: every backend's
+``max_backward`` receives it (the CPU backends scatter by index and ignore it).
 """
 from __future__ import annotations
 
@@ -35,8 +41,7 @@ from torch import Tensor
 
 from .. import oracle
 from ._recurrence import from_numpy, new_output, run_cpu_kernel, to_numpy64
-from ._spatial import (Implementations, check_tensor, cpu_module, int_tuple, is_int, pick_backend,
-                       triton_not_implemented)
+from ._spatial import Implementations, check_tensor, cpu_module, int_tuple, is_int, pick_backend
 
 __all__ = ["max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
 
@@ -65,7 +70,7 @@ class _NumpyPool:
         return from_numpy(y, x), from_numpy(indices, x, torch.int64)
 
     @staticmethod
-    def max_backward(grad_y, indices, input_size):
+    def max_backward(grad_y, indices, input_size, kernel, stride, padding, dilation):
         return from_numpy(oracle.max_pool2d_backward(to_numpy64(grad_y), to_numpy64(indices), input_size), grad_y)
 
     @staticmethod
@@ -102,7 +107,7 @@ class _CythonPool:
         run_cpu_kernel(self.extension.max_pool2d_forward, x, *kernel, *stride, *padding, *dilation, y, indices)
         return y, indices
 
-    def max_backward(self, grad_y, indices, input_size):
+    def max_backward(self, grad_y, indices, input_size, kernel, stride, padding, dilation):
         grad_x = new_output(input_size, grad_y.dtype, grad_y.device)
         run_cpu_kernel(self.extension.max_pool2d_backward, grad_y, indices, grad_x)
         return grad_x
@@ -131,10 +136,18 @@ class _CythonPool:
         return grad_x
 
 
+# --- triton backend -------------------------------------------------------------------------------
+
+def _triton():
+    from ..kernels import pool as kernels
+
+    return kernels.TritonPool()
+
+
 _implementations = Implementations("pooling", {
     "numpy": _NumpyPool,
     "cython": _CythonPool,
-    "triton": triton_not_implemented("max_pool2d/avg_pool2d/adaptive_avg_pool2d"),
+    "triton": _triton,
 })
 
 
@@ -158,14 +171,17 @@ def _(input, kernel_size, stride, padding, dilation, ceil_mode, backend):
 
 
 @torch.library.custom_op("gatedrnn::max_pool2d_backward", mutates_args=())
-def _max_pool2d_backward_op(grad_output: Tensor, indices: Tensor, input_size: Sequence[int], backend: str) -> Tensor:
+def _max_pool2d_backward_op(grad_output: Tensor, indices: Tensor, input_size: Sequence[int],
+                            kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+                            dilation: Sequence[int], backend: str) -> Tensor:
     if grad_output.numel() == 0:
         return grad_output.new_zeros(tuple(input_size))
-    return _implementations(backend).max_backward(grad_output.contiguous(), indices.contiguous(), list(input_size))
+    return _implementations(backend).max_backward(grad_output.contiguous(), indices.contiguous(), list(input_size),
+                                                  list(kernel_size), list(stride), list(padding), list(dilation))
 
 
 @_max_pool2d_backward_op.register_fake
-def _(grad_output, indices, input_size, backend):
+def _(grad_output, indices, input_size, kernel_size, stride, padding, dilation, backend):
     return grad_output.new_empty(tuple(input_size))
 
 
@@ -173,12 +189,13 @@ def _max_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(output[1])
     ctx.input_size = list(inputs[0].shape)
+    ctx.geometry = inputs[1:5]  # kernel_size, stride, padding, dilation
     ctx.backend = inputs[-1]
 
 
 def _max_backward(ctx, grad_output, _grad_indices):
     (indices,) = ctx.saved_tensors
-    grad_input = _max_pool2d_backward_op(grad_output, indices, ctx.input_size, ctx.backend)
+    grad_input = _max_pool2d_backward_op(grad_output, indices, ctx.input_size, *ctx.geometry, ctx.backend)
     return grad_input, None, None, None, None, None, None
 
 
