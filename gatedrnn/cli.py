@@ -455,13 +455,57 @@ def _profile_one_run(args, directory: str, device) -> None:
     print(f"Chrome trace written to {trace} (open in chrome://tracing or https://ui.perfetto.dev)")
 
 
+def _suffixed(path: Optional[str], suffix: str) -> Optional[str]:
+    """path with ``suffix`` before its extension (``figures.json`` -> ``figures_conv.json``)."""
+    if not path:
+        return path
+    stem, extension = os.path.splitext(path)
+    return f"{stem}{suffix}{extension}"
+
+
+def _bench_conv(args, device) -> int:
+    """perf/bench_conv.py: conv2d on the ResNet-18 layer shapes against torch (CPU: the cython
+    backend against oneDNN; CUDA: triton against cuDNN), with the options that apply to it."""
+    if args.cells != "lstm,gru,rnn" or args.configs or args.profile:
+        raise CommandError("--cells, --configs and --profile apply to the rnn suite only")
+    if args.plot:
+        _pyplot()  # fail before the benchmark, not after it
+    bench = _import_perf("bench_conv")
+    argv = ["--quick"] if args.quick else []
+    if args.repeats is not None:
+        argv += ["--repeats", str(args.repeats)]
+    if args.warmup is not None:
+        argv += ["--warmup", str(args.warmup)]
+    if device.type == "cuda":
+        if args.backend not in (None, "triton"):
+            raise CommandError(f"bench conv on CUDA times the triton backend, not {args.backend}")
+        argv.append("--gpu")
+    else:
+        backend = args.backend or "cython"
+        if backend == "cython" and not gatedrnn.available_backends()["cython"].available:
+            raise CommandError(f"backend cython cannot run here: {gatedrnn.available_backends()['cython'].reason}")
+        argv += ["--backend", backend]
+    if args.network:
+        argv.append("--network")
+    if args.json:
+        argv += ["--json", args.json]
+    if args.plot:
+        argv += ["--plot", args.plot]
+    bench.main(argv)
+    return 0
+
+
 def command_bench(args) -> int:
     suite = args.suite
-    if suite in ("conv", "all"):
-        if not os.path.isfile(os.path.join(PERF_DIR, "bench_conv.py")):
-            raise CommandError("the conv benchmark does not exist yet (perf/bench_conv.py is future work); "
-                               "`gatedrnn bench rnn` runs the recurrent benchmarks")
-        raise CommandError("perf/bench_conv.py exists but `gatedrnn bench` does not run it yet")
+    if suite == "conv":
+        return _bench_conv(args, _device(args.device))
+    if suite == "all":
+        # the rnn suite, then the conv suite, whose --json/--plot files get a "_conv" suffix
+        command_bench(argparse.Namespace(**dict(vars(args), suite="rnn")))
+        conv_args = argparse.Namespace(**dict(vars(args), suite="conv", json=_suffixed(args.json, "_conv"),
+                                              plot=_suffixed(args.plot, "_conv"), cells="lstm,gru,rnn",
+                                              configs=None, profile=None))
+        return _bench_conv(conv_args, _device(args.device))
     device = _device(args.device)
     if args.backend is None:
         args.backend = "triton" if device.type == "cuda" else "cython"
@@ -751,7 +795,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench", help="the perf/ benchmarks: gatedrnn vs torch.nn, table, --plot, --json, --profile",
         description="Time gatedrnn against torch.nn (perf/bench_rnn.py on the CPU, perf/bench_rnn_gpu.py "
-                    "on CUDA) and print the table.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "on CUDA; suite conv: perf/bench_conv.py, conv2d on the ResNet-18 layer shapes against "
+                    "oneDNN / cuDNN) and print the table.", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     bench.add_argument("suite", nargs="?", choices=["rnn", "conv", "all"], default="rnn")
     bench.add_argument("--quick", action="store_true", help="a small subset (perf/bench_rnn.py --quick)")
     bench.add_argument("--cells", default="lstm,gru,rnn", help="comma-separated cells")
@@ -764,6 +809,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", metavar="FILE.png", help="bar chart of the ratios (needs gatedrnn[plot])")
     bench.add_argument("--json", metavar="FILE", help="write the raw figures here")
     bench.add_argument("--profile", metavar="DIR", help="write a torch.profiler Chrome trace of one run here")
+    bench.add_argument("--network", action="store_true",
+                       help="conv: add a whole ResNet-18 training step (batch 8, 224x224) against torch.nn")
     bench.set_defaults(handler=command_bench)
 
     gradients = commands.add_parser(

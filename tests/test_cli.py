@@ -192,9 +192,19 @@ def test_bench_writes_table_plot_json_and_trace(capsys, tmp_path):
     assert "where the time went" in out and "Self CPU" in out
 
 
-def test_bench_conv_says_it_does_not_exist(capsys):
-    status, _, err = run_cli(capsys, "bench", "conv")
-    assert status == 2 and "does not exist yet" in err
+def test_bench_conv_quick_writes_table_and_json(capsys, tmp_path):
+    figures = tmp_path / "conv.json"
+    status, out, _ = run_cli(capsys, "bench", "conv", "--quick", "--repeats", "1", "--warmup", "0",
+                             "--json", str(figures))
+    assert status == 0
+    assert "| 3x3 512@7 | forward | 8 |" in out and "| 1x1/2 64->128@56 | fwd+bwd | 8 |" in out
+    rows = json.load(open(figures))["rows"]
+    assert {r["mode"] for r in rows} == {"forward", "fwd+bwd"} and all(r["ratio"] > 0 for r in rows)
+
+
+def test_bench_conv_rejects_rnn_options(capsys):
+    status, _, err = run_cli(capsys, "bench", "conv", "--cells", "lstm")
+    assert status == 2 and "rnn suite only" in err
 
 
 def test_plot_without_matplotlib_names_the_extra(capsys, tmp_path, monkeypatch):

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# What a session with a lent GPU machine runs, in a few device calls (each under 10 minutes).
+# Logs, tables and plots go under $OUT (the device tool brings that folder back).
+#
+#   bash perf/gpu_session.sh setup   # install the package (builds the Cython extensions), GPU facts
+#   bash perf/gpu_session.sh tests   # pytest -m gpu, then the compile gate's op kernels on the device's Triton
+#   bash perf/gpu_session.sh conv    # perf/bench_conv.py --gpu (Triton conv2d vs cuDNN, fp32 and bf16)
+#   bash perf/gpu_session.sh rnn     # perf/bench_rnn.py --gpu (Triton recurrences vs cuDNN, full grid)
+#   bash perf/gpu_session.sh all     # all of the above (more than one call's time: use the stages)
+#
+# A fresh device starts bare: run `setup` in the same call as a later stage, e.g.
+#   bash perf/gpu_session.sh setup tests
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gatedrnn_gpu}
+mkdir -p "$OUT"
+PYTHON=${PYTHON:-python3}
+
+stage() {
+    local name=$1; shift
+    echo "== $name: $*" | tee -a "$OUT/stages.log"
+    local started=$SECONDS
+    "$@" > "$OUT/$name.log" 2>&1
+    local status=$?
+    echo "== $name: exit $status after $((SECONDS - started)) s" | tee -a "$OUT/stages.log"
+    tail -n 25 "$OUT/$name.log"
+}
+
+for step in "${@:-all}"; do
+    case $step in
+        setup|all)
+            stage install "$PYTHON" -m pip install --no-build-isolation --no-deps -e .
+            stage facts bash -c "nvidia-smi; $PYTHON -c 'import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())'"
+            ;;&
+        tests|all)
+            stage pytest_gpu "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider -rs
+            stage compile_gate "$PYTHON" perf/compile_report.py --quick
+            ;;&
+        conv|all)
+            stage bench_conv_gpu "$PYTHON" perf/bench_conv.py --gpu --json "$OUT/bench_conv_gpu.json" \
+                --plot "$OUT/bench_conv_gpu.png"
+            ;;&
+        rnn|all)
+            stage bench_rnn_gpu "$PYTHON" perf/bench_rnn.py --gpu --plot "$OUT/bench_rnn_gpu.png" \
+                --csv "$OUT/bench_rnn_gpu.csv"
+            ;;&
+        setup|tests|conv|rnn|all) ;;
+        *) echo "unknown stage '$step' (setup, tests, conv, rnn, all)"; exit 2 ;;
+    esac
+done

@@ -1,0 +1,128 @@
+"""The Cython conv2d's float32 fast paths (cpu/conv.pyx with the AVX-512 kernel of
+cpu/_conv_gemm.h; BLAS where the CPU lacks AVX-512) against torch in float64: tiles that span
+samples, the sample-gathering input gradient of small images, the transposed weight gradient,
+the m and n edges of the register blocks, groups, thread counts and determinism.
+
+tests/test_conv.py covers the semantics on every backend; these cases are shaped to reach each
+branch of the Cython tiling (sizes chosen so that 2 cores run the file in a few seconds)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gatedrnn.ops import conv as conv_ops
+from gatedrnn.ops.conv import conv2d
+
+from spatial_checks import needs_cython
+
+pytestmark = needs_cython("conv")
+
+# float32 against float64: norm-wise relative error; sums of up to 4608 products in float32.
+TOLERANCE = 2e-5
+
+# (batch, in_channels, size, out_channels, kernel, stride, padding, groups)
+CASES = {
+    # 7x7 output, batch 5: the input gradient gathers 3 samples per item (3 + 2)
+    "small-image-spread": (5, 24, 7, 32, 3, 1, 1, 1),
+    # 14 -> 7 with stride 2 and 40 output channels: n edge of 8 (40 = 32 + 8), m edge in grad_w^T
+    "stride2-n-edge": (3, 20, 14, 40, 3, 2, 1, 1),
+    # rows of w^T not a multiple of 8 (3 * 9 = 27) and 17 output channels (m edge of 1 in the forward)
+    "m-edges": (2, 3, 11, 17, 3, 1, 1, 1),
+    # two groups of 16 output channels: the fast weight path per group
+    "groups-16": (2, 32, 9, 32, 3, 1, 1, 2),
+    # fewer than 16 output channels per group: the weight gradient's BLAS path
+    "groups-8": (2, 16, 9, 16, 3, 1, 1, 2),
+    # the 1x1 stride-2 downsample and the direct 1x1 stride-1 path
+    "1x1-stride2": (3, 16, 10, 32, 1, 2, 0, 1),
+    "1x1-direct": (2, 16, 6, 48, 1, 1, 0, 1),
+    # Og <= K: the 1x1 weight gradient on the register kernel
+    "1x1-direct-fast-weight": (2, 48, 6, 32, 1, 1, 0, 1),
+    # Og > K with 100 output pixels a sample: forward tiles cut at sample ends
+    "1x1-stride2-no-span": (3, 16, 20, 32, 1, 2, 0, 1),
+    # stride 2 with output rows of 20 and 33 pixels: the vector gather's full and tail steps
+    "stride2-wide-rows": (2, 8, 40, 16, 3, 2, 1, 1),
+    "stride2-odd-rows": (2, 4, 66, 16, 1, 2, 0, 1),
+    # 7x7/2 stem-like, odd size
+    "stem": (2, 3, 21, 32, 7, 2, 3, 1),
+    # stride 1 with >= 1024 input pixels a batch: the input gradient as a flipped forward
+    "flipped-3x3": (4, 16, 17, 32, 3, 1, 1, 1),
+    "flipped-5x5-pad1-groups": (4, 16, 17, 32, 5, 1, 1, 2),
+    # padding beyond the kernel's reach: no flipped forward, the packed path instead
+    "wide-padding": (4, 8, 16, 16, 3, 1, 3, 1),
+}
+
+
+def reference_and_ours(case, seed=0, dtype=torch.float32):
+    batch, c_in, size, c_out, kernel, stride, padding, groups = case
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, c_in, size, size, generator=generator, dtype=torch.float64)
+    w = torch.randn(c_out, c_in // groups, kernel, kernel, generator=generator, dtype=torch.float64)
+    b = torch.randn(c_out, generator=generator, dtype=torch.float64)
+    options = dict(stride=stride, padding=padding, groups=groups)
+    leaves64 = [t.clone().requires_grad_() for t in (x, w, b)]
+    y64 = F.conv2d(*leaves64, **options)
+    grad_y = torch.randn(y64.shape, generator=generator, dtype=torch.float64)
+    expected = [y64.detach()] + list(torch.autograd.grad(y64, leaves64, grad_y))
+    leaves = [t.to(dtype).requires_grad_() for t in (x, w, b)]
+    y = conv2d(*leaves, **options, backend="cython")
+    actual = [y.detach()] + list(torch.autograd.grad(y, leaves, grad_y.to(dtype)))
+    return actual, expected
+
+
+def check(case, **kwargs):
+    actual, expected = reference_and_ours(case, **kwargs)
+    for name, a, e in zip(("y", "grad_x", "grad_w", "grad_b"), actual, expected):
+        error = float((a.double() - e).norm() / e.norm())
+        assert error <= TOLERANCE, f"{name}: relative error {error:.2e}"
+    return actual
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_float32_paths_match_torch_float64(name):
+    check(CASES[name])
+
+
+@pytest.mark.parametrize("budget", [(600, 1), (2000, 16), (1 << 20, 32)], ids=["tiny", "small", "large"])
+@pytest.mark.parametrize("name", ["small-image-spread", "stride2-n-edge", "groups-16", "1x1-direct", "flipped-3x3",
+                                  "1x1-stride2-no-span"])
+def test_float32_tiles_spanning_samples(name, budget):
+    """Budgets that make forward tiles start and end inside samples and inside output rows (and,
+    with the large one, one tile hold the whole batch)."""
+    extension = conv_ops.cpu_module("conv")
+    previous = extension.set_tile_budget(*budget)
+    try:
+        check(CASES[name])
+    finally:
+        extension.set_tile_budget(*previous)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_thread_counts_agree_and_repeat_bitwise(threads):
+    """Any thread count gives the right answer; for one count, two runs agree to the bit."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for name in ("small-image-spread", "groups-16", "stem", "flipped-5x5-pad1-groups"):
+            first = check(CASES[name])
+            second, _ = reference_and_ours(CASES[name])
+            for a, b in zip(first, second):
+                assert torch.equal(a, b), name
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_forward_does_not_depend_on_the_tiling():
+    """The register kernel sums each output over the reduction in one fixed order, so the
+    forward is the same to the bit whatever the tiles (the thread split moves tile edges)."""
+    extension = conv_ops.cpu_module("conv")
+    case = CASES["small-image-spread"]
+    outputs = []
+    for budget in [(600, 1), (1 << 20, 32)]:
+        previous = extension.set_tile_budget(*budget)
+        try:
+            outputs.append(reference_and_ours(case)[0][0])
+        finally:
+            extension.set_tile_budget(*previous)
+    if not np.array_equal(outputs[0].numpy(), outputs[1].numpy()):
+        # Only the BLAS fallback (no AVX-512) may sum in a tile-dependent order.
+        assert torch.allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
