@@ -27,6 +27,8 @@ def _compile_args():
 
 def extensions():
     compile_args, link_args = _compile_args()
+    # Shared C headers and Cython declarations: a change to one rebuilds every extension.
+    shared = sorted(glob(os.path.join("cpu", "*.h")) + glob(os.path.join("cpu", "*.pxd")))
     modules = []
     for source in sorted(glob(os.path.join("cpu", "*.pyx"))):
         name = os.path.splitext(os.path.basename(source))[0]
@@ -34,6 +36,7 @@ def extensions():
             Extension(
                 f"gatedrnn._cpu.{name}",
                 [source],
+                depends=shared,
                 include_dirs=[numpy.get_include(), os.path.join(HERE, "cpu")],
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                 extra_compile_args=compile_args,
