@@ -412,22 +412,11 @@ def _bench_rnn_cpu(args):
 
 
 def _plot_bench(rows, path: str, title: str) -> None:
-    plt = _pyplot()
+    _pyplot()  # a CommandError naming the extra when matplotlib is missing
     labels = [f"{r.cell.upper()} T{r.seq_len} B{r.batch} H{r.hidden_size}\n{r.mode}" for r in rows]
-    ratios = [r.ratio for r in rows]
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(rows) + 2), 4.5))
-    axis.bar(range(len(rows)), ratios, color=["tab:green" if v >= 1 else "tab:red" for v in ratios])
-    axis.axhline(1.0, color="black", linewidth=0.8)
-    for position, value in enumerate(ratios):
-        axis.text(position, value, f"{value:.2f}", ha="center", va="bottom", fontsize=8)
-    axis.set_xticks(range(len(rows)))
-    axis.set_xticklabels(labels, fontsize=7, rotation=45, ha="right")
-    axis.set_ylabel("torch.nn time / gatedrnn time (> 1: gatedrnn faster)")
-    axis.set_title(title, fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=130)
-    plt.close(figure)
-    print(f"plot written to {path}")
+    _import_perf("plotting").ratio_bars(labels, [r.ratio for r in rows], path, title,
+                                        "torch.nn time / gatedrnn time (> 1: gatedrnn faster)",
+                                        inches_per_bar=0.9, height=4.5, fontsize=8)
 
 
 def _profile_one_run(args, directory: str, device) -> None:
@@ -668,7 +657,7 @@ def command_gradients(args) -> int:
             table.append((names[cell], phase, decay_per_step(norms), float(norms[-1]), float(norms[0]), ratio,
                           losses[-1] if phase == "trained" else float("nan")))
     print()
-    print(f"| cell | when | factor per step | norm at t=T-1 | norm at t=0 | t=0 / t=T-1 | last train loss |")
+    print("| cell | when | factor per step | norm at t=T-1 | norm at t=0 | t=0 / t=T-1 | last train loss |")
     print("|---|---|---|---|---|---|---|")
     for name, phase, factor, last, first, ratio, loss in table:
         loss_text = "" if math.isnan(loss) else f"{loss:.3f}"

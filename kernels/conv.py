@@ -80,6 +80,14 @@ PIXELS_LAST = tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 7)
 
 
 @triton.jit
+def _pixel_coordinates(flat, width, height):
+    """(sample, row, column) of flat pixel indices over an (N, height, width) grid, row-major."""
+    column = flat % width
+    rest = flat // width
+    return rest // height, rest % height, column
+
+
+@triton.jit
 def _gather_tile(pix_ptr, chan_off, dh, dw, chan_ok, ih, iw, pix_ok, s_h, s_w, H, W,
                  PIXELS_LAST: tl.constexpr):
     """tile[k, m] = *(pix_ptr[m] + chan_off[k] + (ih[m] + dh[k]) * s_h + (iw[m] + dw[k]) * s_w),
@@ -139,10 +147,7 @@ def conv2d_forward_kernel(
     group = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < M
-    ow = offs_m % W_out
-    rest = offs_m // W_out
-    oh = rest % H_out
-    n = rest // H_out
+    n, oh, ow = _pixel_coordinates(offs_m, W_out, H_out)
     ih0 = oh * stride_h - pad_top
     iw0 = ow * stride_w - pad_left
     x_pix = x_ptr + n.to(tl.int64) * sxn + group * C_group * sxc
@@ -224,10 +229,7 @@ def conv2d_input_grad_kernel(
     kh_first, n_kh = _first_tap(ph, pad_top, stride_h, dil_h, KH, step_h)
     kw_first, n_kw = _first_tap(pw, pad_left, stride_w, dil_w, KW, step_w)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    tw = offs_m % W_phase
-    rest = offs_m // W_phase
-    th = rest % H_phase
-    n = rest // H_phase
+    n, th, tw = _pixel_coordinates(offs_m, W_phase, H_phase)
     ih = ph + th * stride_h
     iw = pw + tw * stride_w
     m_ok = (offs_m < M_phase) & (ih < H) & (iw < W)
@@ -314,10 +316,8 @@ def conv2d_weight_grad_kernel(
     for p0 in range(p_begin, p_end, BLOCK_P):
         ps = p0 + offs_p
         p_ok = ps < p_end
-        ow = ps % W_out
-        rest = ps // W_out
-        oh = rest % H_out
-        n64 = (rest // H_out).to(tl.int64)
+        n, oh, ow = _pixel_coordinates(ps, W_out, H_out)
+        n64 = n.to(tl.int64)
         gy = _gather_tile(gy_ptr + n64 * sgn, gy_chan, zero_o, zero_o, o_ok, oh, ow, p_ok, sgh, sgw, H_out, W_out,
                           PIXELS_LAST)
         xt = _gather_tile(x_ptr + n64 * sxn, col_x, khd, kwd, col_ok, oh * stride_h - pad_top,
@@ -342,10 +342,7 @@ def conv2d_forward_direct_kernel(
     grid = (cdiv(N*H_out*W_out, BLOCK_M), cdiv(C_out, BLOCK_N))."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < M
-    ow = offs_m % W_out
-    rest = offs_m // W_out
-    oh = rest % H_out
-    n = rest // H_out
+    n, oh, ow = _pixel_coordinates(offs_m, W_out, H_out)
     ih0 = oh * stride_h - pad_top
     iw0 = ow * stride_w - pad_left
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -381,10 +378,7 @@ def conv2d_input_grad_direct_kernel(
     group's Cog*KH*KW (output channel, tap) pairs; a tap reaches pixel ih iff
     (ih + pad - kh*dil) is a multiple of the stride. grid = (cdiv(N*H*W, BLOCK_M), cdiv(C_in, BLOCK_N))."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    iw = offs_m % W
-    rest = offs_m // W
-    ih = rest % H
-    n = rest // H
+    n, ih, iw = _pixel_coordinates(offs_m, W, H)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < C_in
     group = offs_n // C_group
@@ -442,10 +436,8 @@ def conv2d_weight_grad_direct_kernel(
     acc = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
     for p0 in range(p_begin, p_end, BLOCK_P):
         ps = p0 + tl.arange(0, BLOCK_P)
-        ow = ps % W_out
-        rest = ps // W_out
-        oh = rest % H_out
-        n64 = (rest // H_out).to(tl.int64)
+        n, oh, ow = _pixel_coordinates(ps, W_out, H_out)
+        n64 = n.to(tl.int64)
         p_ok = ps < p_end
         g = _gather_tile(gy_ptr + n64 * sgn, offs_n * sgc, zero_n, zero_n, n_ok, oh, ow, p_ok, sgh, sgw, H_out,
                          W_out, PIXELS_LAST)

@@ -27,19 +27,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import platform
 import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 import gatedrnn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_rnn import machine_description, time_alternating  # noqa: E402  (shared with bench_rnn_modules)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -105,38 +105,6 @@ class Row:
 
     def as_dict(self) -> dict:
         return dict(asdict(self), ratio=self.ratio, torch_gflops=self.torch_gflops, ours_gflops=self.ours_gflops)
-
-
-def time_alternating(first: Callable[[], None], second: Callable[[], None], repeats: int, warmup: int):
-    """Median seconds of ``first`` and ``second``, run alternately (AB, BA, AB, ...) after ``warmup`` of each."""
-    for _ in range(warmup):
-        first()
-        second()
-    times = ([], [])
-    for run in range(repeats):
-        for which in ((0, 1) if run % 2 == 0 else (1, 0)):
-            start = time.perf_counter()
-            (first, second)[which]()
-            times[which].append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
-
-
-def geometric_mean(values: Sequence[float]) -> float:
-    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
-
-
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads (torch and gatedrnn), Python {platform.python_version()}")
 
 
 def _tensors(shape: Shape, batch: int, dtype: torch.dtype, device: str):
@@ -246,31 +214,17 @@ def format_table(rows: List[Row]) -> str:
             ratios = [r.ratio for r in rows if r.mode == mode and r.dtype == dtype and r.gflop]
             if ratios:
                 label = "geometric mean" + ("" if dtype == "float32" else f" {dtype}")
-                lines.append(f"| **{label}** | {mode} | | | | | | **{geometric_mean(ratios):.2f}** "
+                lines.append(f"| **{label}** | {mode} | | | | | | **{statistics.geometric_mean(ratios):.2f}** "
                              f"(min {min(ratios):.2f}) |")
     return "\n".join(lines)
 
 
 def plot(rows: List[Row], path: str, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from plotting import ratio_bars
 
     labels = [f"{r.layer}{'' if r.dtype == 'float32' else ' ' + r.dtype}\n{r.mode}" for r in rows]
     ratios = [r.ratio for r in rows]
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.55 * len(rows) + 2), 4.8))
-    axis.bar(range(len(rows)), ratios, color=["tab:green" if v >= 1 else "tab:red" for v in ratios])
-    axis.axhline(1.0, color="black", linewidth=0.8)
-    for position, value in enumerate(ratios):
-        axis.text(position, value, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
-    axis.set_xticks(range(len(rows)))
-    axis.set_xticklabels(labels, fontsize=6, rotation=60, ha="right")
-    axis.set_ylabel("torch time / gatedrnn time (> 1: gatedrnn faster)")
-    axis.set_title(title, fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=130)
-    plt.close(figure)
-    print(f"plot written to {path}")
+    ratio_bars(labels, ratios, path, title, "torch time / gatedrnn time (> 1: gatedrnn faster)")
 
 
 # --- GPU: Triton against cuDNN ---------------------------------------------------------------------

@@ -127,7 +127,7 @@ def machine_description() -> str:
     except OSError:
         pass
     return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
+            f"{torch.get_num_threads()} threads (torch and gatedrnn), Python {platform.python_version()}")
 
 
 def main(argv=None) -> int:
