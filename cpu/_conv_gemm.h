@@ -14,13 +14,15 @@
 
    Register block: 8 rows x 32 columns = 16 zmm accumulators; per step of the reduction, two
    loads of B, eight broadcasts of A and 16 FMAs (measured 100-112 GFLOP/s on one Zen 4 core, its
-   FMA peak). The n edge is handled with masked loads and stores, the m edge (fewer than 8 rows)
-   by a one-row kernel. The reduction is cut into KC-step blocks so that the B panel (KC x 32)
-   stays in L1 while every row block of A passes over it (the other order, each A block over
-   every B panel, was no faster on the large-weight layers and 10% slower on the 1x1 ones).
+   FMA peak). The n edge is handled with masked loads and stores (by an 8 x 16 block where at most
+   16 columns are left), the m edge (fewer than 8 rows) by a one-row kernel. The reduction is
+   cut into KC-step blocks so that the B panel (KC x 32) stays in L1 while every row block of A
+   passes over it (the other order, each A block over every B panel, was no faster on the
+   large-weight layers and 10% slower on the 1x1 ones).
 
-   Summation order: for each element, over the reduction in increasing p, KC at a time; so the
-   result depends only on the shapes, never on threads or timing. */
+   Summation order: for each element, over the reduction in increasing p, KC at a time (the
+   weight gradient's gatedrnn_conv_sgemm_whole: all of it at once); so the result depends only on
+   the shapes, never on threads or timing. */
 #ifndef GATEDRNN_CONV_GEMM_H
 #define GATEDRNN_CONV_GEMM_H
 
@@ -28,11 +30,23 @@
 #define GATEDRNN_CONV_AVX512 1
 #include <immintrin.h>
 
-/* Reduction steps per block: a 128 x 32 float32 B panel is 16 KiB, half of Zen 4's 32 KiB L1d. */
+/* Reduction steps per block: a 128 x 32 float32 B panel is 16 KiB, half of Zen 4's 32 KiB L1d.
+   (192 and 256: the forward 0-3% faster on 2 threads, within the noise; 96: 0-1% slower.) */
 #define GATEDRNN_CONV_KC 128
 
 static inline __mmask16 gatedrnn_mask16(long count) {
     return count >= 16 ? (__mmask16) 0xFFFF : (count <= 0 ? (__mmask16) 0 : (__mmask16) ((1u << count) - 1u));
+}
+
+/* Prefetch the block of C (8 rows, `lines` cache lines each) that a kernel adds to after its
+   reduction. The weight gradient adds its products into partial sums of K x Og (9 MiB on a
+   ResNet's last stage, so in L3): loaded only after the loop, each block's 16 lines cost an L3
+   round trip that the out-of-order window cannot hide behind the 2048 FMAs of a 128-step
+   reduction (weight gradient alone, 512@7, one core: 59 -> 66 GFLOP/s). */
+static inline void gatedrnn_prefetch_block(const float* c, long ldc, int lines) {
+    for (int i = 0; i < 8; i++)
+        for (int l = 0; l < lines; l++)
+            _mm_prefetch((const char*) (c + i * ldc + 16 * l), _MM_HINT_T0);
 }
 
 /* 8 rows of C, columns [0, nc) with nc <= 32 (masks m0, m1 for the two 16-column halves). */
@@ -50,6 +64,8 @@ static inline void gatedrnn_conv_kernel_8x32(long k, const float* a, long a_row,
     const float* a5 = a + 5 * a_row;
     const float* a6 = a + 6 * a_row;
     const float* a7 = a + 7 * a_row;
+    if (accumulate)
+        gatedrnn_prefetch_block(c, ldc, 2);
     for (long p = 0; p < k; p++) {
         __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
         __m512 b1 = _mm512_maskz_loadu_ps(m1, b + 16);
@@ -71,6 +87,54 @@ static inline void gatedrnn_conv_kernel_8x32(long k, const float* a, long a_row,
     GATEDRNN_STORE(0) GATEDRNN_STORE(1) GATEDRNN_STORE(2) GATEDRNN_STORE(3)
     GATEDRNN_STORE(4) GATEDRNN_STORE(5) GATEDRNN_STORE(6) GATEDRNN_STORE(7)
 #undef GATEDRNN_STORE
+}
+
+/* 8 rows of C, columns [0, nc) with nc <= 16 (mask m0): the n edge. Half the accumulators of the
+   8x32 block, but a 32-wide block spends as much time on 8 columns as on 32: the 392 output
+   pixels of the 7x7 layers (a batch of 8) end in an 8-column block (2 threads: 192 + 200, the
+   second thread's 200 in 6.25 blocks), which this kernel runs in half the time. */
+static inline void gatedrnn_conv_kernel_8x16(long k, const float* a, long a_row, long a_col,
+                                             const float* b, long ldb, float* c, long ldc,
+                                             __mmask16 m0, int accumulate) {
+    __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
+    const float* a0 = a;
+    const float* a1 = a + a_row;
+    const float* a2 = a + 2 * a_row;
+    const float* a3 = a + 3 * a_row;
+    const float* a4 = a + 4 * a_row;
+    const float* a5 = a + 5 * a_row;
+    const float* a6 = a + 6 * a_row;
+    const float* a7 = a + 7 * a_row;
+    if (accumulate)
+        gatedrnn_prefetch_block(c, ldc, 1);
+    for (long p = 0; p < k; p++) {
+        __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
+#define GATEDRNN_ROW(i) \
+        c##i = _mm512_fmadd_ps(_mm512_set1_ps(a##i[0]), b0, c##i); a##i += a_col;
+        GATEDRNN_ROW(0) GATEDRNN_ROW(1) GATEDRNN_ROW(2) GATEDRNN_ROW(3)
+        GATEDRNN_ROW(4) GATEDRNN_ROW(5) GATEDRNN_ROW(6) GATEDRNN_ROW(7)
+#undef GATEDRNN_ROW
+        b += ldb;
+    }
+#define GATEDRNN_STORE(i) \
+    if (accumulate) \
+        c##i = _mm512_add_ps(c##i, _mm512_maskz_loadu_ps(m0, c + i * ldc)); \
+    _mm512_mask_storeu_ps(c + i * ldc, m0, c##i);
+    GATEDRNN_STORE(0) GATEDRNN_STORE(1) GATEDRNN_STORE(2) GATEDRNN_STORE(3)
+    GATEDRNN_STORE(4) GATEDRNN_STORE(5) GATEDRNN_STORE(6) GATEDRNN_STORE(7)
+#undef GATEDRNN_STORE
+}
+
+/* 8 rows of C, columns [0, nc) with nc <= 32: the 8x32 block, or the 8x16 one for an edge of
+   at most 16 columns. */
+static inline void gatedrnn_conv_kernel_8(long k, const float* a, long a_row, long a_col,
+                                          const float* b, long ldb, float* c, long ldc,
+                                          long nc, int accumulate) {
+    if (nc <= 16)
+        gatedrnn_conv_kernel_8x16(k, a, a_row, a_col, b, ldb, c, ldc, gatedrnn_mask16(nc), accumulate);
+    else
+        gatedrnn_conv_kernel_8x32(k, a, a_row, a_col, b, ldb, c, ldc, gatedrnn_mask16(nc),
+                                  gatedrnn_mask16(nc - 16), accumulate);
 }
 
 /* One row of C, columns [0, nc), nc <= 32: the m edge. */
@@ -110,13 +174,37 @@ static inline void gatedrnn_conv_sgemm(long m, long n, long k, const float* a, l
             const float* b_panel = b + p0 * ldb + j0;
             long i0 = 0;
             for (; i0 + 8 <= m; i0 += 8)
-                gatedrnn_conv_kernel_8x32(kc, a + i0 * a_row + p0 * a_col, a_row, a_col, b_panel, ldb,
-                                          c + i0 * ldc + j0, ldc, m0, m1, add);
+                gatedrnn_conv_kernel_8(kc, a + i0 * a_row + p0 * a_col, a_row, a_col, b_panel, ldb,
+                                       c + i0 * ldc + j0, ldc, n - j0, add);
             for (; i0 < m; i0++)
                 gatedrnn_conv_kernel_1x32(kc, a + i0 * a_row + p0 * a_col, a_col, b_panel, ldb,
                                           c + i0 * ldc + j0, m0, m1, add);
         }
     }
+}
+
+/* The product for the weight gradient, whose C is its partial sums (K x Og, 9 MiB on a ResNet's
+   last stage, in L3) and whose reduction is a tile's pixels: the whole reduction in one pass per
+   block of C (row blocks outer, column panels inner, no KC blocks), so that C makes one L3 round
+   trip per tile instead of one per 128 pixels, while the row block of A (8 x k, 4 KiB at
+   k = 128) stays in L1 over the column panels and B in L2 (weight gradient alone, one core:
+   512@7 and 256->512/2 +3-4%). B comes in panel-major order: the 32-column panel j at
+   b + j * b_jump, its row p at + p * ldb. Summation order: each element over p increasing,
+   added to C once. */
+static inline void gatedrnn_conv_sgemm_whole(long m, long n, long k, const float* a, long a_row, long a_col,
+                                             const float* b, long ldb, long b_jump, float* c, long ldc,
+                                             int accumulate) {
+    if (m <= 0 || n <= 0 || k <= 0)
+        return;  /* k = 0 does not occur: the weight gradient's tiles have pixels */
+    long i0 = 0;
+    for (; i0 + 8 <= m; i0 += 8)
+        for (long j0 = 0; j0 < n; j0 += 32)
+            gatedrnn_conv_kernel_8(k, a + i0 * a_row, a_row, a_col, b + j0 / 32 * b_jump, ldb, c + i0 * ldc + j0,
+                                   ldc, n - j0, accumulate);
+    for (; i0 < m; i0++)
+        for (long j0 = 0; j0 < n; j0 += 32)
+            gatedrnn_conv_kernel_1x32(k, a + i0 * a_row, a_col, b + j0 / 32 * b_jump, ldb, c + i0 * ldc + j0,
+                                      gatedrnn_mask16(n - j0), gatedrnn_mask16(n - j0 - 16), accumulate);
 }
 
 /* dst[j] = src[2 j] for j < n: im2col's copy of one output row at stride 2 (a ResNet's 3x3/2 and
@@ -155,22 +243,20 @@ static inline void gatedrnn_conv_sgemm_packed(long m, long n, long k, const floa
         long kc = k - p0 < GATEDRNN_CONV_KC ? k - p0 : GATEDRNN_CONV_KC;
         int add = accumulate || p0 > 0;
         for (long j0 = 0; j0 < n; j0 += 32) {
-            __mmask16 m0 = gatedrnn_mask16(n - j0), m1 = gatedrnn_mask16(n - j0 - 16);
             const float* b_panel = b + p0 * ldb + j0;
             for (long i0 = 0; i0 < full; i0 += 8)
-                gatedrnn_conv_kernel_8x32(kc, a + i0 * k + p0 * 8, 1, 8, b_panel, ldb, c + i0 * ldc + j0, ldc,
-                                          m0, m1, add);
+                gatedrnn_conv_kernel_8(kc, a + i0 * k + p0 * 8, 1, 8, b_panel, ldb, c + i0 * ldc + j0, ldc,
+                                       n - j0, add);
         }
     }
     if (full == m)
         return;
     /* the last, partial row block: whole reduction into a scratch block, then its valid rows */
     for (long j0 = 0; j0 < n; j0 += 32) {
-        __mmask16 m0 = gatedrnn_mask16(n - j0), m1 = gatedrnn_mask16(n - j0 - 16);
         for (long p0 = 0; p0 < k; p0 += GATEDRNN_CONV_KC) {
             long kc = k - p0 < GATEDRNN_CONV_KC ? k - p0 : GATEDRNN_CONV_KC;
-            gatedrnn_conv_kernel_8x32(kc, a + full * k + p0 * 8, 1, 8, b + p0 * ldb + j0, ldb, edge, 32,
-                                      m0, m1, p0 > 0);
+            gatedrnn_conv_kernel_8(kc, a + full * k + p0 * 8, 1, 8, b + p0 * ldb + j0, ldb, edge, 32,
+                                   n - j0, p0 > 0);
         }
         long width = n - j0 < 32 ? n - j0 : 32;
         for (long i = full; i < m; i++)
@@ -187,6 +273,12 @@ static inline void gatedrnn_conv_sgemm(long m, long n, long k, const float* a, l
                                        const float* b, long ldb, float* c, long ldc, int accumulate) {
     (void) m; (void) n; (void) k; (void) a; (void) a_row; (void) a_col; (void) b; (void) ldb; (void) c;
     (void) ldc; (void) accumulate;
+}
+static inline void gatedrnn_conv_sgemm_whole(long m, long n, long k, const float* a, long a_row, long a_col,
+                                             const float* b, long ldb, long b_jump, float* c, long ldc,
+                                             int accumulate) {
+    (void) m; (void) n; (void) k; (void) a; (void) a_row; (void) a_col; (void) b; (void) ldb; (void) b_jump;
+    (void) c; (void) ldc; (void) accumulate;
 }
 static inline void gatedrnn_gather_stride2(float* dst, const float* src, long n) {
     for (long j = 0; j < n; j++)

@@ -23,15 +23,19 @@ AVX-512, calls BLAS (cython_blas, single-threaded inside our threads). On the ke
   tile can be a whole image), and for images under 64 pixels gathers several samples' grad_y
   into one GEMM;
 - the weight gradient computes grad_w_g^T (K x Og) += col (K x T) @ grad_y_tile^T (T x Og),
-  transposing only the small grad_y tile, in per-thread partial sums (tiles span samples).
+  transposing only the small grad_y tile (into 32-column panels), the whole tile's reduction in
+  one pass per block of grad_w_g^T (tiles span samples); the threads split the rows of K (input
+  channels) of a layer with many channels, else the pixels, with per-thread partial sums.
 A 1x1 kernel with stride 1 and no padding needs no unfolding: x[n, g] (Cg x H*W) is already
 the col matrix.
 
 Parallelism: OpenMP regions with per-thread buffers. The forward and the kernel-path weight
-gradient give each thread an equal share of the (group, pixel) columns, cut into tiles; the BLAS
-weight gradient splits (sample, group, tile) items. Weight gradients accumulate in per-thread
-buffers summed in thread order afterwards (deterministic for a given thread count; the kernel's
-forward sums each output in one fixed order, so it does not depend on the tiling at all). The
+gradient give each thread an equal share of the (group, pixel) columns, cut into tiles (or, for
+the weight gradient of one group of at least 64 input channels a thread, an equal share of the
+input channels); the BLAS weight gradient splits (sample, group, tile) items. Weight gradients
+split by pixels accumulate in per-thread buffers summed in thread order afterwards
+(deterministic for a given thread count; the kernel's forward sums each output in one fixed
+order, so it does not depend on the tiling at all). The
 input gradient splits (samples, group, block of input channels) items: col2im of neighbouring
 tiles overlaps in grad_x, but the rows of one channel block fold back into that block only, so
 no two threads write one element.
@@ -48,6 +52,9 @@ cdef extern from "_conv_gemm.h" nogil:
     int CONV_AVX512 "GATEDRNN_CONV_AVX512"
     void conv_sgemm "gatedrnn_conv_sgemm"(long m, long n, long k, const float* a, long a_row, long a_col,
                                           const float* b, long ldb, float* c, long ldc, int accumulate)
+    void conv_sgemm_whole "gatedrnn_conv_sgemm_whole"(long m, long n, long k, const float* a, long a_row,
+                                                      long a_col, const float* b, long ldb, long b_jump, float* c,
+                                                      long ldc, int accumulate)
     void gather_stride2 "gatedrnn_gather_stride2"(float* dst, const float* src, long n)
     void conv_sgemm_packed "gatedrnn_conv_sgemm_packed"(long m, long n, long k, const float* a,
                                                         const float* b, long ldb, float* c, long ldc,
@@ -87,7 +94,8 @@ cdef Py_ssize_t PANEL = 32
 cdef Py_ssize_t SPAN_BELOW = 256
 # Fewest pixels in a weight-gradient tile (its reduction length), so that each pass over the
 # partial sums (K x Og) carries enough work: on the 512@7 layer (K = 4608, where COL_BUDGET
-# alone gives 28) 64 was 5% slower than 128, 256 no better (2 shared cores: +-5% noise).
+# alone gives 28) 64 was 5% slower than 128, 256 no better (2 shared cores: +-5% noise); with
+# the whole-reduction GEMM (gatedrnn_conv_sgemm_whole), 200, 256 and 512 no better either.
 cdef Py_ssize_t WEIGHT_TILE = 128
 
 
@@ -143,8 +151,12 @@ cdef Geometry _geometry(Py_ssize_t batch, Py_ssize_t channels, Py_ssize_t height
     g.tile = COL_BUDGET // g.reduction
     if g.tile < MIN_TILE:
         g.tile = MIN_TILE
+    # ... rounded to the nearest multiple of PANEL (the buffer then up to PANEL / 2 columns over
+    # budget): rounded down, the 56 of K = 2304 made 32, a pass over the 2.4 MiB of weights per
+    # 32 pixels. Rounded to nearest, 2 threads, forward: 256@14 (64) +1.5-6%, the stem (896
+    # from 891) +3-4%, 128->256/2 (128 from 113) +1-2%, the others within +-1%.
     if g.tile >= PANEL:
-        g.tile = g.tile - g.tile % PANEL
+        g.tile = (g.tile + PANEL // 2) // PANEL * PANEL
     if g.tile > batch * g.pixels:
         g.tile = batch * g.pixels
     # Rows of a tile buffer start on a cache line (16 floats), so the GEMM's vector loads of B never split one.
@@ -173,7 +185,7 @@ cdef void _im2col_same_width(const Geometry* g, const floating* x_group, Py_ssiz
     read falls in the vertical padding or wraps around a row end (|kw * dw - pl| columns per
     output row): one copy per row of col instead of one per output row it crosses (5 a row of a
     32-pixel tile of 7x7 images, whose call overhead cost about as much as the copying)."""
-    cdef Py_ssize_t c, kh, kw, offset, shift, low, high, oh, edge_low, edge_high, plane = g.height * g.width
+    cdef Py_ssize_t c, kh, kw, offset, shift, low, high, oh, edge_low, edge_high, j, plane = g.height * g.width
     cdef Py_ssize_t width = g.width
     cdef const floating* x_channel
     cdef floating* row
@@ -199,9 +211,11 @@ cdef void _im2col_same_width(const Geometry* g, const floating* x_group, Py_ssiz
                 if high <= low:
                     memset(row, 0, count * sizeof(floating))
                     continue
-                memset(row, 0, (low - first) * sizeof(floating))
+                if low > first:
+                    memset(row, 0, (low - first) * sizeof(floating))
                 memcpy(row + low - first, x_channel + low + shift, (high - low) * sizeof(floating))
-                memset(row + high - first, 0, (first + count - high) * sizeof(floating))
+                if first + count > high:
+                    memset(row + high - first, 0, (first + count - high) * sizeof(floating))
                 if offset == 0:
                     continue
                 # zero the columns whose read wrapped to a neighbouring row: ow + offset outside [0, W)
@@ -220,8 +234,9 @@ cdef void _im2col_same_width(const Geometry* g, const floating* x_group, Py_ssiz
                         edge_low = low
                     if edge_high > high:
                         edge_high = high
-                    if edge_high > edge_low:
-                        memset(row + edge_low - first, 0, (edge_high - edge_low) * sizeof(floating))
+                    # |offset| elements (1 for a 3x3): a store, not a call to memset
+                    for j in range(edge_low - first, edge_high - first):
+                        row[j] = 0
 
 
 cdef void _im2col(const Geometry* g, const floating* x_group, Py_ssize_t first, Py_ssize_t count,
@@ -359,7 +374,12 @@ cdef void _forward_tile(const Geometry* g, const floating* x, const floating* w,
                         floating* out) noexcept nogil:
     """One tile of the forward: ``count`` <= g.tile consecutive output pixels of the whole batch
     (sample-major), from pixel ``flat``, for one group. A tile may span samples; then the GEMM
-    writes to ``out`` (Og x count, row stride g.ld) and the rows are scattered to each sample's y."""
+    writes to ``out`` (Og x count, row stride g.ld) and the rows are scattered to each sample's y.
+
+    The weights are read in place (strided broadcasts). Packing them once per call into the
+    8-row panels of gatedrnn_conv_sgemm_packed made the GEMM alone 10-20% faster in isolation,
+    but the whole forward no faster on one core and 14-18% slower on two on 512@7 and
+    256->512/2 (the packing, a pass over 9 MiB, is not amortised over 392 pixels)."""
     cdef Py_ssize_t sample = flat // g.pixels
     cdef Py_ssize_t first = flat - sample * g.pixels
     cdef Py_ssize_t plane = g.height * g.width
@@ -586,10 +606,10 @@ cdef void _grad_weight_item(const Geometry* g, const floating* grad_y, const flo
 
 cdef void _grad_weight_tile(const Geometry* g, const floating* grad_y, const floating* x, floating* partial_t,
                             Py_ssize_t group, Py_ssize_t flat, Py_ssize_t count, Py_ssize_t ld, floating* col,
-                            floating* grad_y_t) noexcept nogil:
+                            floating* grad_y_t, bint accumulate) noexcept nogil:
     """One (group, tile of ``count`` consecutive output pixels of the whole batch from ``flat``) of the weight
-    gradient on the register kernel (float32, AVX-512), added into this thread's partial sums,
-    kept transposed (group, K, Og):
+    gradient on the register kernel (float32, AVX-512), added into (``accumulate``) or written to
+    partial sums kept transposed (group, K, Og):
 
         grad_w_g^T (K x Og) += col (K x T) @ grad_y_tile^T (T x Og)
 
@@ -610,40 +630,83 @@ cdef void _grad_weight_tile(const Geometry* g, const floating* grad_y, const flo
             segment = count - done
         _im2col(g, x + (sample * g.channels + group * g.group_channels) * plane, first, segment, col + done, ld)
         source = grad_y + (sample * g.out_channels + group * g.group_out) * g.pixels + first
-        target = grad_y_t + done * g.group_out
-        # 16 pixels at a time: the 16 target rows stay in L1 while o runs along them
-        for t0 in range(0, segment, 16):
-            t1 = t0 + 16 if t0 + 16 < segment else segment
-            for o in range(g.group_out):
-                for t in range(t0, t1):
-                    target[t * g.group_out + o] = source[o * g.pixels + t]
+        # grad_y_t in panel-major order: output channels [32 j, 32 j + 32) of pixel t at
+        # grad_y_t[j * ld * 32 + t * 32 + o - 32 j]. Row-major (T x Og), the GEMM's 128 x 32
+        # panel of it had rows Og floats apart: 2 KiB at Og = 512, so its 256 lines fell into 4 of
+        # the 64 sets of L1 and were re-read from L2 for every row block of col (weight gradient
+        # alone, one core: 512@7 66 -> 73 GFLOP/s, 256@14 85 -> 92, 64@56 81 -> 84).
+        for o in range(g.group_out):
+            target = grad_y_t + (o // 32) * ld * 32 + done * 32 + o % 32
+            for t in range(segment):
+                target[t * 32] = source[o * g.pixels + t]
         done = done + segment
         sample = sample + 1
         first = 0
     if floating is float:
-        conv_sgemm(g.reduction, g.group_out, count, col, ld, 1, grad_y_t, g.group_out,
-                   partial_t + group * g.reduction * g.group_out, g.group_out, True)
+        conv_sgemm_whole(g.reduction, g.group_out, count, col, ld, 1, grad_y_t, 32, ld * 32,
+                         partial_t + group * g.reduction * g.group_out, g.group_out, accumulate)
+
+
+cdef void _grad_weight_rows(const Geometry* g, const floating* grad_y, const floating* x, floating* partial_t,
+                            Py_ssize_t thread, Py_ssize_t threads, Py_ssize_t wtile, Py_ssize_t ld, floating* col,
+                            floating* grad_y_t) noexcept nogil:
+    """This thread's share of the weight gradient (one group) split by input channels: the rows
+    [c0 * KH * KW, c1 * KH * KW) of grad_w^T (K x Og, shared by the threads, each writing its own
+    rows), summed over every pixel of the batch in tiles of ``wtile``. No per-thread partial sums
+    to add up afterwards: the pixel split's reduction read one K x Og buffer per thread (9 MiB
+    each on the 512@7 layer) and was 15% of that layer's weight gradient on 2 threads. Each
+    thread unfolds only its channels; the small grad_y tile is transposed by every thread."""
+    cdef Geometry rows = g[0]
+    cdef Py_ssize_t window = g.kernel_h * g.kernel_w
+    cdef Py_ssize_t c0 = thread * g.group_channels // threads
+    cdef Py_ssize_t c1 = (thread + 1) * g.group_channels // threads
+    cdef Py_ssize_t total = g.batch * g.pixels
+    cdef Py_ssize_t position = 0
+    cdef Py_ssize_t count
+    rows.group_channels = c1 - c0
+    rows.reduction = (c1 - c0) * window
+    if c1 <= c0:
+        return
+    while position < total:
+        count = total - position
+        if count > wtile:
+            count = wtile
+        _grad_weight_tile(&rows, grad_y, x + c0 * g.height * g.width, partial_t + c0 * window * g.group_out, 0,
+                          position, count, ld, col, grad_y_t, position > 0)
+        position = position + count
 
 
 cdef void _reduce_weight_block(const Geometry* g, const floating* partials, Py_ssize_t per_thread,
                                Py_ssize_t threads, Py_ssize_t item, Py_ssize_t r_blocks,
                                floating* grad_w) noexcept nogil:
     """grad_w[group, o, r] = sum over threads in thread order of partial_t[group, r, o] for one
-    (group, block of 16 reduction rows r)."""
+    (group, block of 16 reduction rows r), 16 x 16 (r, o) at a time: summed along o (contiguous in
+    the partial sums, vectorised) into a block on the stack, then written transposed. Reading the
+    16 rows one o at a time instead (a column of 16 values Og floats apart, 2 KiB at Og = 512, all
+    in 2 of L1's 64 sets) made this reduction 20% of the 512@7 layer's weight gradient."""
     cdef Py_ssize_t group = item // r_blocks
     cdef Py_ssize_t r0 = (item - group * r_blocks) * 16
-    cdef Py_ssize_t r1 = r0 + 16
-    cdef Py_ssize_t o, r, t
-    cdef floating total
+    cdef Py_ssize_t rows = 16
+    cdef Py_ssize_t o0, o, r, t, width
+    cdef floating block[16][16]
     cdef const floating* partial = partials + group * g.reduction * g.group_out
-    if r1 > g.reduction:
-        r1 = g.reduction
-    for o in range(g.group_out):
-        for r in range(r0, r1):
-            total = 0
+    cdef floating* target
+    if r0 + rows > g.reduction:
+        rows = g.reduction - r0
+    for o0 in range(0, g.group_out, 16):
+        width = g.group_out - o0
+        if width > 16:
+            width = 16
+        for r in range(rows):
+            for o in range(16):
+                block[r][o] = 0
             for t in range(threads):
-                total = total + partial[t * per_thread + r * g.group_out + o]
-            grad_w[(group * g.group_out + o) * g.reduction + r] = total
+                for o in range(width):
+                    block[r][o] = block[r][o] + partial[t * per_thread + (r0 + r) * g.group_out + o0 + o]
+        for o in range(width):
+            target = grad_w + (group * g.group_out + o0 + o) * g.reduction + r0
+            for r in range(rows):
+                target[r] = block[r][o]
 
 
 cdef floating _channel_sum(const floating* grad_y, Py_ssize_t channel, Py_ssize_t batch, Py_ssize_t channels,
@@ -746,7 +809,9 @@ cdef void _grad_input_item(const Geometry* g, const floating* grad_y, const floa
                                   g.pixels, False)
                 return
             # Eight rows of grad_col at a time, folded back at once: the packed w^T rows are read
-            # once per tile, grad_y's tile (Og x in_tile, sized for L2) once per eight rows.
+            # once per tile, grad_y's tile (Og x in_tile, sized for L2) once per eight rows. (64
+            # rows at a time, each B panel then reused by 8 row blocks from L1, was no faster on
+            # the 3x3/2 and 512@7 layers, 1 or 2 threads: the GEMM is not bound by L2 here.)
             memset(grad_x_block, 0, (c1 - c0) * plane * sizeof(floating))
             first = 0
             while first < g.pixels:
@@ -877,6 +942,12 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_y, const floating[:, :, :,
     cdef Py_ssize_t r_blocks = (g.reduction + 15) // 16
     if floating is float:
         fast_weight = CONV_AVX512 and need_weight and 16 <= g.group_out <= g.reduction
+    # ... split by input channels (_grad_weight_rows) where there is one group and at least 64
+    # channels a thread, else by pixels. 2 threads, pixel -> channel split: 128->256/2 and
+    # 256@14 +1-4%, 256->512/2 and 512@7 +5-7%; 64@56 and 64->128/2 (32 channels a thread) 1%
+    # slower, each thread transposing the whole grad_y tile for half the rows of K.
+    cdef bint split_rows = fast_weight and g.groups == 1 and g.group_channels >= 64 * num_threads
+    cdef Py_ssize_t partials = 1 if split_rows else num_threads
     # Its tiles: the pixels of the reduction; at least WEIGHT_TILE so that each pass over the
     # partial sums (K x Og, read and written per KC block) carries enough work.
     cdef Py_ssize_t wtile = COL_BUDGET // g.reduction
@@ -888,8 +959,8 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_y, const floating[:, :, :,
     cdef Py_ssize_t total_pixels = g.batch * g.pixels
     cdef Py_ssize_t work = g.groups * total_pixels
     cdef Py_ssize_t total_columns = total_pixels
-    cdef Py_ssize_t position, end, group, flat, count, thread, threads
-    cdef Py_ssize_t fast_per_thread = _round_up(weight_size + g.reduction * wld + wtile * g.group_out, 16)
+    cdef Py_ssize_t position, end, group, flat, count, thread, threads, previous
+    cdef Py_ssize_t fast_per_thread = _round_up(weight_size + g.reduction * wld + wld * _round_up(g.group_out, 32), 16)
     cdef floating* fast_allocation = NULL
     cdef floating* fast_buffers = NULL
     cdef floating* grad_y_t
@@ -902,17 +973,33 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_y, const floating[:, :, :,
         fast_buffers = _aligned(fast_allocation)
     try:
         with nogil:
-            if fast_weight:
+            if split_rows:
+                with parallel(num_threads=num_threads):
+                    thread = openmp.omp_get_thread_num()
+                    threads = openmp.omp_get_num_threads()
+                    col = fast_buffers + thread * fast_per_thread + weight_size
+                    _grad_weight_rows(&g, &grad_y[0, 0, 0, 0], &x[0, 0, 0, 0], fast_buffers, thread, threads, wtile,
+                                      wld, col, col + g.reduction * wld)
+            elif fast_weight:
                 with parallel(num_threads=num_threads):
                     # an equal share of the (group, pixel) columns per thread, as in the forward
                     thread = openmp.omp_get_thread_num()
                     threads = openmp.omp_get_num_threads()
                     grad_w_mine = fast_buffers + thread * fast_per_thread
-                    memset(grad_w_mine, 0, weight_size * sizeof(floating))
                     col = grad_w_mine + weight_size
                     grad_y_t = col + g.reduction * wld
                     position = _share_edge(work, total_columns, thread, threads)
                     end = _share_edge(work, total_columns, thread + 1, threads)
+                    # The first tile of each group in this share writes its partial sums, the
+                    # next ones add to them: only the groups outside the share are zeroed (a
+                    # memset of the 9 MiB of the 512@7 layer's partial sums, then a read of them,
+                    # was one pass in three over them at 2 threads).
+                    for previous in range(g.groups):
+                        if (position >= end or previous < position // total_pixels
+                                or previous > (end - 1) // total_pixels):
+                            memset(grad_w_mine + previous * g.reduction * g.group_out, 0,
+                                   g.reduction * g.group_out * sizeof(floating))
+                    previous = -1
                     while position < end:
                         group = position // total_pixels
                         flat = position - group * total_pixels
@@ -922,12 +1009,14 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_y, const floating[:, :, :,
                         if count > wtile:
                             count = wtile
                         _grad_weight_tile(&g, &grad_y[0, 0, 0, 0], &x[0, 0, 0, 0], grad_w_mine, group, flat, count,
-                                          wld, col, grad_y_t)
+                                          wld, col, grad_y_t, group == previous)
+                        previous = group
                         position = position + count
-                # grad_w[g, o, r] = sum over threads, in thread order, of partial_t[g, r, o], by blocks
-                # of 16 r (rows of partial_t): the 16 lines read stay cached while o runs along them.
+            if fast_weight:
+                # grad_w[g, o, r] = sum over the partial sums (one per thread, in thread order; one
+                # shared by the threads where split_rows) of partial_t[g, r, o], by blocks of 16 r
                 for i in prange(g.groups * r_blocks, schedule="static", num_threads=num_threads):
-                    _reduce_weight_block(&g, fast_buffers, fast_per_thread, num_threads, i, r_blocks, &grad_w_flat[0])
+                    _reduce_weight_block(&g, fast_buffers, fast_per_thread, partials, i, r_blocks, &grad_w_flat[0])
             elif need_weight:
                 memset(buffers, 0, num_threads * per_thread * sizeof(floating))
                 with parallel(num_threads=num_threads):

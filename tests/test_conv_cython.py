@@ -30,6 +30,12 @@ CASES = {
     "m-edges": (2, 3, 11, 17, 3, 1, 1, 1),
     # two groups of 16 output channels: the fast weight path per group
     "groups-16": (2, 32, 9, 32, 3, 1, 1, 2),
+    # the register-kernel weight gradient with 40 output channels (grad_y's second 32-column panel
+    # 8 wide: the 8x16 block) and K = 45 (m edge of 5 rows in the whole-reduction GEMM)
+    "weight-panel-edges": (3, 5, 9, 40, 3, 1, 1, 1),
+    # 130 input channels: the weight gradient split by input channels on 1 and 2 threads (65 + 65),
+    # by pixels on 3; 24 output channels (one 32-column panel, 24 wide)
+    "weight-channel-split": (2, 130, 6, 24, 3, 1, 1, 1),
     # fewer than 16 output channels per group: the weight gradient's BLAS path
     "groups-8": (2, 16, 9, 16, 3, 1, 1, 2),
     # the 1x1 stride-2 downsample and the direct 1x1 stride-1 path
@@ -83,8 +89,8 @@ def test_float32_paths_match_torch_float64(name):
 
 
 @pytest.mark.parametrize("budget", [(600, 1), (2000, 16), (1 << 20, 32)], ids=["tiny", "small", "large"])
-@pytest.mark.parametrize("name", ["small-image-spread", "stride2-n-edge", "groups-16", "1x1-direct", "flipped-3x3",
-                                  "1x1-stride2-no-span"])
+@pytest.mark.parametrize("name", ["small-image-spread", "stride2-n-edge", "weight-panel-edges", "groups-16",
+                                  "1x1-direct", "flipped-3x3", "1x1-stride2-no-span"])
 def test_float32_tiles_spanning_samples(name, budget):
     """Budgets that make forward tiles start and end inside samples and inside output rows (and,
     with the large one, one tile hold the whole batch)."""
@@ -102,7 +108,7 @@ def test_thread_counts_agree_and_repeat_bitwise(threads):
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for name in ("small-image-spread", "groups-16", "stem", "flipped-5x5-pad1-groups"):
+        for name in ("small-image-spread", "groups-16", "stem", "flipped-5x5-pad1-groups", "weight-channel-split"):
             first = check(CASES[name])
             second, _ = reference_and_ours(CASES[name])
             for a, b in zip(first, second):
