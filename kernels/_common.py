@@ -366,7 +366,6 @@ def recurrent_backward_kernel(
     unit_ok = units < H
     tile_ok = row_ok[:, None] & unit_ok[None, :]
     lengths = tl.load(lengths_ptr + rows, mask=row_ok, other=0)
-    GH = NUM_GATES * H
     own = rows[:, None] * H + units[None, :]
     sem = sem_ptr + pid_b
     is_leader = pid_h == 0

@@ -47,7 +47,6 @@ def bench_case(cell, dtype, B, H, T, packed, ours_only=False):
     import torch
     dev = "cuda"
     I = H
-    G = 4 if cell == "lstm" else 3
     torch.manual_seed(0)
     mod = _kernels(cell)
     ref = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(I, H).to(dev, dtype)
