@@ -296,42 +296,12 @@ cdef void _im2col(const Geometry* g, const floating* x_group, Py_ssize_t first, 
                     ow = 0
 
 
-cdef void _col2im(const Geometry* g, const floating* col, Py_ssize_t first, Py_ssize_t count,
-                  floating* grad_x_channels, Py_ssize_t channels) noexcept nogil:
-    """The transpose of :func:`_im2col` for ``channels`` input channels: add col
-    (channels * KH * KW x count) into grad_x_channels (channels, H, W), padding dropped."""
-    cdef Py_ssize_t c, kh, kw, k, j, oh, ow, segment, ih, offset, low, high, start, stop
-    cdef floating* target
-    cdef const floating* row
-    for c in range(channels):
-        for kh in range(g.kernel_h):
-            for kw in range(g.kernel_w):
-                row = col + ((c * g.kernel_h + kh) * g.kernel_w + kw) * count
-                offset = kw * g.dilation_w - g.pad_left
-                _valid_columns(offset, g.stride_w, g.width, g.out_width, &low, &high)
-                oh = first // g.out_width
-                ow = first - oh * g.out_width
-                k = 0
-                while k < count:
-                    segment = g.out_width - ow
-                    if segment > count - k:
-                        segment = count - k
-                    ih = oh * g.stride_h - g.pad_top + kh * g.dilation_h
-                    if 0 <= ih < g.height:
-                        target = grad_x_channels + (c * g.height + ih) * g.width + offset
-                        start = low if low > ow else ow
-                        stop = high if high < ow + segment else ow + segment
-                        for j in range(start, stop):
-                            target[j * g.stride_w] += row[k + j - ow]
-                    k = k + segment
-                    oh = oh + 1
-                    ow = 0
-
-
 cdef void _col2im_rows(const Geometry* g, const floating* rows, Py_ssize_t ld, Py_ssize_t r0, Py_ssize_t r1,
                        Py_ssize_t first, Py_ssize_t count, floating* grad_x_channels) noexcept nogil:
-    """:func:`_col2im` for the rows [r0, r1) of a block's unfolded gradient only (row r = (c, kh, kw),
-    c counted from the block's first channel; row r held at rows + (r - r0) * ld)."""
+    """The transpose of :func:`_im2col` for the rows [r0, r1) of a block's unfolded gradient
+    (row r = (c, kh, kw), c counted from the block's first channel; row r held at
+    rows + (r - r0) * ld, ``count`` pixels from ``first``): add them into grad_x_channels
+    (the block's channels, H, W), padding dropped."""
     cdef Py_ssize_t r, c, kh, kw, k, j, oh, ow, segment, ih, offset, low, high, start, stop
     cdef Py_ssize_t window = g.kernel_h * g.kernel_w
     cdef floating* target
@@ -840,7 +810,7 @@ cdef void _grad_input_item(const Geometry* g, const floating* grad_y, const floa
             count = g.tile
         _matmul(True, (c1 - c0) * window, count, g.group_out, w_rows, g.reduction, grad_y_group + first,
                 g.pixels, False, grad_col, count)
-        _col2im(g, grad_col, first, count, grad_x_block, c1 - c0)
+        _col2im_rows(g, grad_col, count, 0, (c1 - c0) * window, first, count, grad_x_block)
         first = first + count
 
 
