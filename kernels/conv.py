@@ -80,11 +80,12 @@ PIXELS_LAST = tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 7)
 
 
 @triton.jit
-def _pixel_coordinates(flat, width, height):
-    """(sample, row, column) of flat pixel indices over an (N, height, width) grid, row-major."""
-    column = flat % width
+def _unflatten(flat, width, height):
+    """(outer, row, column) of flat row-major indices over an (outer, height, width) grid: a flat
+    pixel index gives (sample, h, w) with (W, H); a flat reduction index (c, kh, kw) with (KW, KH)."""
     rest = flat // width
-    return rest // height, rest % height, column
+    outer = rest // height
+    return outer, rest - outer * height, flat - rest * width
 
 
 @triton.jit
@@ -147,7 +148,7 @@ def conv2d_forward_kernel(
     group = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < M
-    n, oh, ow = _pixel_coordinates(offs_m, W_out, H_out)
+    n, oh, ow = _unflatten(offs_m, W_out, H_out)
     ih0 = oh * stride_h - pad_top
     iw0 = ow * stride_w - pad_left
     x_pix = x_ptr + n.to(tl.int64) * sxn + group * C_group * sxc
@@ -163,10 +164,7 @@ def conv2d_forward_kernel(
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + offs_k
             k_ok = ks < K
-            c = ks // taps
-            tap = ks - c * taps
-            kh = tap // KW
-            kw = tap - kh * KW
+            c, kh, kw = _unflatten(ks, KW, KH)
             xt = _gather_tile(x_pix, c * sxc, kh * dil_h, kw * dil_w, k_ok, ih0, iw0, m_ok, sxh, sxw, H, W,
                               PIXELS_LAST)
             wt = tl.load(w_rows[:, None] + (c * swc + kh * swh + kw * sww)[None, :],
@@ -229,7 +227,7 @@ def conv2d_input_grad_kernel(
     kh_first, n_kh = _first_tap(ph, pad_top, stride_h, dil_h, KH, step_h)
     kw_first, n_kw = _first_tap(pw, pad_left, stride_w, dil_w, KW, step_w)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n, th, tw = _pixel_coordinates(offs_m, W_phase, H_phase)
+    n, th, tw = _unflatten(offs_m, W_phase, H_phase)
     ih = ph + th * stride_h
     iw = pw + tw * stride_w
     m_ok = (offs_m < M_phase) & (ih < H) & (iw < W)
@@ -291,10 +289,7 @@ def conv2d_weight_grad_kernel(
     if FLAT_K:
         cols = pid_col * BLOCK_C + offs_col
         col_ok = cols < C_group * taps
-        c = cols // taps
-        tap = cols - c * taps
-        kh = tap // KW
-        kw = tap - kh * KW
+        c, kh, kw = _unflatten(cols, KW, KH)
     else:
         tap_s = pid_col // n_ctiles
         kh_s = tap_s // KW
@@ -316,7 +311,7 @@ def conv2d_weight_grad_kernel(
     for p0 in range(p_begin, p_end, BLOCK_P):
         ps = p0 + offs_p
         p_ok = ps < p_end
-        n, oh, ow = _pixel_coordinates(ps, W_out, H_out)
+        n, oh, ow = _unflatten(ps, W_out, H_out)
         n64 = n.to(tl.int64)
         gy = _gather_tile(gy_ptr + n64 * sgn, gy_chan, zero_o, zero_o, o_ok, oh, ow, p_ok, sgh, sgw, H_out, W_out,
                           PIXELS_LAST)
@@ -342,7 +337,7 @@ def conv2d_forward_direct_kernel(
     grid = (cdiv(N*H_out*W_out, BLOCK_M), cdiv(C_out, BLOCK_N))."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < M
-    n, oh, ow = _pixel_coordinates(offs_m, W_out, H_out)
+    n, oh, ow = _unflatten(offs_m, W_out, H_out)
     ih0 = oh * stride_h - pad_top
     iw0 = ow * stride_w - pad_left
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -354,10 +349,7 @@ def conv2d_forward_direct_kernel(
     taps = KH * KW
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for it in range(0, C_group * taps):
-        c = it // taps
-        tap = it - c * taps
-        kh = tap // KW
-        kw = tap - kh * KW
+        c, kh, kw = _unflatten(it, KW, KH)
         xv = _gather_tile(x_pix, (in_channel0 + c) * sxc, zero_n + kh * dil_h, zero_n + kw * dil_w, n_ok,
                           ih0, iw0, m_ok, sxh, sxw, H, W, PIXELS_LAST)
         wv = tl.load(w_rows + c * swc + kh * swh + kw * sww, mask=n_ok, other=0.0)
@@ -378,7 +370,7 @@ def conv2d_input_grad_direct_kernel(
     group's Cog*KH*KW (output channel, tap) pairs; a tap reaches pixel ih iff
     (ih + pad - kh*dil) is a multiple of the stride. grid = (cdiv(N*H*W, BLOCK_M), cdiv(C_in, BLOCK_N))."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    n, ih, iw = _pixel_coordinates(offs_m, W, H)
+    n, ih, iw = _unflatten(offs_m, W, H)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < C_in
     group = offs_n // C_group
@@ -391,10 +383,7 @@ def conv2d_input_grad_direct_kernel(
     taps = KH * KW
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     for it in range(0, C_out_group * taps):
-        j = it // taps
-        tap = it - j * taps
-        kh = tap // KW
-        kw = tap - kh * KW
+        j, kh, kw = _unflatten(it, KW, KH)
         num_h = num_h0 - kh * dil_h
         num_w = num_w0 - kw * dil_w
         # Pixels this tap does not reach get an out-of-range row, which the gather masks off.
@@ -425,10 +414,7 @@ def conv2d_weight_grad_direct_kernel(
     col = tl.program_id(1)
     split = tl.program_id(2)
     taps = KH * KW
-    c = col // taps
-    tap = col - c * taps
-    kh = tap // KW
-    kw = tap - kh * KW
+    c, kh, kw = _unflatten(col, KW, KH)
     in_channel = (offs_n // C_out_group) * C_group + c
     zero_n = tl.zeros((BLOCK_N,), dtype=tl.int32)
     p_begin = split * pixels_per_split
@@ -436,7 +422,7 @@ def conv2d_weight_grad_direct_kernel(
     acc = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
     for p0 in range(p_begin, p_end, BLOCK_P):
         ps = p0 + tl.arange(0, BLOCK_P)
-        n, oh, ow = _pixel_coordinates(ps, W_out, H_out)
+        n, oh, ow = _unflatten(ps, W_out, H_out)
         n64 = n.to(tl.int64)
         p_ok = ps < p_end
         g = _gather_tile(gy_ptr + n64 * sgn, offs_n * sgc, zero_n, zero_n, n_ok, oh, ow, p_ok, sgh, sgw, H_out,
