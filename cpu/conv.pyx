@@ -25,7 +25,12 @@ AVX-512, calls BLAS (cython_blas, single-threaded inside our threads). On the ke
 - the weight gradient computes grad_w_g^T (K x Og) += col (K x T) @ grad_y_tile^T (T x Og),
   transposing only the small grad_y tile (into 32-column panels), the whole tile's reduction in
   one pass per block of grad_w_g^T (tiles span samples); the threads split the rows of K (input
-  channels) of a layer with many channels, else the pixels, with per-thread partial sums.
+  channels) of a layer with many channels, else the pixels, with per-thread partial sums. A 1x1
+  kernel with more output than input channels (a ResNet's downsample, Og = 2 K) computes
+  grad_w_g (Og x K) = grad_y (Og x T) @ col^T directly instead, transposing the smaller unfolded
+  input, the threads splitting the input channels (no partial sums);
+- a 1x1 kernel's input gradient writes each input plane once (zeros where no output pixel
+  reads it) instead of a memset and a read-modify-write.
 A 1x1 kernel with stride 1 and no padding needs no unfolding: x[n, g] (Cg x H*W) is already
 the col matrix.
 
@@ -56,6 +61,8 @@ cdef extern from "_conv_gemm.h" nogil:
                                                       long a_col, const float* b, long ldb, long b_jump, float* c,
                                                       long ldc, int accumulate)
     void gather_stride2 "gatedrnn_gather_stride2"(float* dst, const float* src, long n)
+    void expand_stride2 "gatedrnn_expand_stride2"(float* dst, long width, const float* src, long n)
+    void transpose "gatedrnn_transpose"(const float* src, long rows, long cols, long lds, float* dst, long ldd)
     void conv_sgemm_packed "gatedrnn_conv_sgemm_packed"(long m, long n, long k, const float* a,
                                                         const float* b, long ldb, float* c, long ldc,
                                                         int accumulate)
@@ -97,6 +104,9 @@ cdef Py_ssize_t SPAN_BELOW = 256
 # alone gives 28) 64 was 5% slower than 128, 256 no better (2 shared cores: +-5% noise); with
 # the whole-reduction GEMM (gatedrnn_conv_sgemm_whole), 200, 256 and 512 no better either.
 cdef Py_ssize_t WEIGHT_TILE = 128
+# Pixels per chunk of the wide weight gradient (_grad_weight_wide): at most one sample's, and
+# no more than this, so that a thread's transposed chunk (WIDE_TILE x 128 channels, 128 KiB) stays in L2.
+cdef Py_ssize_t WIDE_TILE = 256
 
 
 cdef inline Py_ssize_t _round_up(Py_ssize_t value, Py_ssize_t multiple) noexcept nogil:
@@ -617,6 +627,66 @@ cdef void _grad_weight_tile(const Geometry* g, const floating* grad_y, const flo
                          partial_t + group * g.reduction * g.group_out, g.group_out, accumulate)
 
 
+cdef inline Py_ssize_t _wide_edge(Py_ssize_t channels, Py_ssize_t thread, Py_ssize_t threads) noexcept nogil:
+    """First input channel of ``thread``'s share in _grad_weight_wide: an equal share rounded to a
+    multiple of 16 (whole vectors of the GEMM's columns), the last edge at ``channels``."""
+    if thread >= threads:
+        return channels
+    cdef Py_ssize_t edge = (thread * channels // threads + 8) // 16 * 16
+    return edge if edge < channels else channels
+
+
+cdef void _grad_weight_wide(const Geometry* g, const floating* grad_y, const floating* x, floating* grad_w,
+                            Py_ssize_t thread, Py_ssize_t threads, floating* col, floating* col_t) noexcept nogil:
+    """This thread's columns [c0, c1) of the weight gradient of a 1x1 convolution (one group)
+    with more output channels than input channels, the 1x1/2 downsamples of a ResNet (Og = 2 K):
+
+        grad_w[:, c0:c1] (Og x cw) = sum over samples n, chunks of pixels P of
+                                     grad_y[n, :, P] (Og x |P|) @ x_col[n, c0:c1, P]^T (|P| x cw)
+
+    on the register kernel, vectorised along the input channels (C's rows). Only the unfolded
+    input's chunk is transposed (cw x |P|, the smaller operand here), grad_y is read in place (one
+    sample per chunk, so its rows are ``pixels`` apart), and the threads own disjoint columns of
+    grad_w: no partial sums to reduce, and each element sums over the samples and pixels in
+    order, whatever the thread count. (The transposed path, _grad_weight_tile, would transpose
+    the grad_y tile, twice the size of the unfolded one here.) Weight gradient alone, 2 threads,
+    p10 of 300 calls, against BLAS with per-thread partial sums: 64->128/2 0.70 -> 0.58 ms,
+    128->256/2 0.64 -> 0.54, 256->512/2 0.73 -> 0.55 (142-160 -> 176-192 GFLOP/s)."""
+    cdef Py_ssize_t c0 = _wide_edge(g.reduction, thread, threads)
+    cdef Py_ssize_t c1 = _wide_edge(g.reduction, thread + 1, threads)
+    cdef Py_ssize_t width = c1 - c0
+    cdef Py_ssize_t ld_t = _round_up(width, 16)
+    cdef Py_ssize_t plane = g.height * g.width
+    cdef Geometry rows = g[0]
+    cdef Py_ssize_t n, first, count
+    cdef const floating* source
+    cdef Py_ssize_t lds
+    rows.group_channels = width
+    rows.reduction = width
+    if width <= 0:
+        return
+    # a sample's pixels in equal chunks of at most WIDE_TILE (784 = 4 x 196, not 3 x 256 + 16)
+    cdef Py_ssize_t chunk = (g.pixels + (g.pixels + WIDE_TILE - 1) // WIDE_TILE - 1) // ((g.pixels + WIDE_TILE - 1) // WIDE_TILE)
+    for n in range(g.batch):
+        first = 0
+        while first < g.pixels:
+            count = g.pixels - first
+            if count > chunk:
+                count = chunk
+            if g.direct:
+                source = x + (n * g.channels + c0) * plane + first
+                lds = plane
+            else:
+                _im2col(&rows, x + (n * g.channels + c0) * plane, first, count, col, WIDE_TILE)
+                source = col
+                lds = WIDE_TILE
+            if floating is float:
+                transpose(source, width, count, lds, col_t, ld_t)
+                conv_sgemm(g.out_channels, width, count, grad_y + n * g.out_channels * g.pixels + first, g.pixels, 1,
+                           col_t, ld_t, grad_w + c0, g.reduction, n > 0 or first > 0)
+            first = first + count
+
+
 cdef void _grad_weight_rows(const Geometry* g, const floating* grad_y, const floating* x, floating* partial_t,
                             Py_ssize_t thread, Py_ssize_t threads, Py_ssize_t wtile, Py_ssize_t ld, floating* col,
                             floating* grad_y_t) noexcept nogil:
@@ -677,6 +747,34 @@ cdef void _reduce_weight_block(const Geometry* g, const floating* partials, Py_s
             target = grad_w + (group * g.group_out + o0 + o) * g.reduction + r0
             for r in range(rows):
                 target[r] = block[r][o]
+
+
+cdef void _col2im_1x1_rows(const Geometry* g, const floating* rows, Py_ssize_t ld, Py_ssize_t r0, Py_ssize_t r1,
+                           floating* grad_x_channels) noexcept nogil:
+    """:func:`_col2im_rows` for a 1x1 kernel and a whole sample's pixels (first = 0, count =
+    g.pixels), writing instead of adding: with a 1x1 kernel an input element meets at most one
+    output pixel, so each channel's plane is written once, zeros where no output pixel reads it,
+    and needs no memset first. Input gradient alone on the 1x1/2 layers, 2 threads, p10 of 300
+    calls (with the bias sum, no longer asked for without a bias, before): 64->128 0.69 ->
+    0.59 ms, 128->256 0.64 -> 0.59, 256->512 0.65 -> 0.61."""
+    cdef Py_ssize_t r, ih, shifted, j, low, high
+    cdef floating* target
+    cdef const floating* source
+    _valid_columns(-g.pad_left, g.stride_w, g.width, g.out_width, &low, &high)
+    for r in range(r0, r1):
+        for ih in range(g.height):
+            target = grad_x_channels + (r * g.height + ih) * g.width
+            shifted = ih + g.pad_top
+            if shifted % g.stride_h or shifted // g.stride_h >= g.out_height:
+                memset(target, 0, g.width * sizeof(floating))
+                continue
+            source = rows + (r - r0) * ld + shifted // g.stride_h * g.out_width
+            if floating is float and g.stride_w == 2 and g.pad_left == 0:
+                expand_stride2(target, g.width, source, high)
+            else:
+                memset(target, 0, g.width * sizeof(floating))
+                for j in range(low, high):
+                    target[j * g.stride_w - g.pad_left] = source[j]
 
 
 cdef floating _channel_sum(const floating* grad_y, Py_ssize_t channel, Py_ssize_t batch, Py_ssize_t channels,
@@ -759,7 +857,8 @@ cdef void _grad_input_item(const Geometry* g, const floating* grad_y, const floa
                 samples = g.in_spread
             gathered = grad_col + 8 * g.in_ld
             for n in range(samples):
-                memset(grad_x_block + n * g.channels * plane, 0, (c1 - c0) * plane * sizeof(floating))
+                if window > 1:  # a 1x1 kernel's rows are written whole (_col2im_1x1_rows)
+                    memset(grad_x_block + n * g.channels * plane, 0, (c1 - c0) * plane * sizeof(floating))
                 for o in range(g.group_out):
                     memcpy(gathered + o * g.in_ld + n * g.pixels, grad_y_group + (n * g.out_channels + o) * g.pixels,
                            g.pixels * sizeof(floating))
@@ -770,8 +869,11 @@ cdef void _grad_input_item(const Geometry* g, const floating* grad_y, const floa
                 conv_sgemm_packed(r1 - r0, samples * g.pixels, g.group_out, panels + r0 * g.group_out, gathered,
                                   g.in_ld, grad_col, g.in_ld, False)
                 for n in range(samples):
-                    _col2im_rows(g, grad_col + n * g.pixels, g.in_ld, r0, r1, 0, g.pixels,
-                                 grad_x_block + n * g.channels * plane)
+                    if window == 1:
+                        _col2im_1x1_rows(g, grad_col + n * g.pixels, g.in_ld, r0, r1, grad_x_block + n * g.channels * plane)
+                    else:
+                        _col2im_rows(g, grad_col + n * g.pixels, g.in_ld, r0, r1, 0, g.pixels,
+                                     grad_x_block + n * g.channels * plane)
             return
         if panels != NULL:  # w_g^T's rows for this block packed by _pack_weight_columns
             if g.direct:
@@ -782,7 +884,8 @@ cdef void _grad_input_item(const Geometry* g, const floating* grad_y, const floa
             # once per tile, grad_y's tile (Og x in_tile, sized for L2) once per eight rows. (64
             # rows at a time, each B panel then reused by 8 row blocks from L1, was no faster on
             # the 3x3/2 and 512@7 layers, 1 or 2 threads: the GEMM is not bound by L2 here.)
-            memset(grad_x_block, 0, (c1 - c0) * plane * sizeof(floating))
+            if window > 1 or g.in_tile < g.pixels:
+                memset(grad_x_block, 0, (c1 - c0) * plane * sizeof(floating))
             first = 0
             while first < g.pixels:
                 count = g.pixels - first
@@ -794,7 +897,10 @@ cdef void _grad_input_item(const Geometry* g, const floating* grad_y, const floa
                         r1 = (c1 - c0) * window
                     conv_sgemm_packed(r1 - r0, count, g.group_out, panels + r0 * g.group_out, grad_y_group + first,
                                       g.pixels, grad_col, g.in_ld, False)
-                    _col2im_rows(g, grad_col, g.in_ld, r0, r1, first, count, grad_x_block)
+                    if window == 1 and count == g.pixels:
+                        _col2im_1x1_rows(g, grad_col, g.in_ld, r0, r1, grad_x_block)
+                    else:
+                        _col2im_rows(g, grad_col, g.in_ld, r0, r1, first, count, grad_x_block)
                 first = first + count
             return
     if g.direct:
@@ -818,16 +924,16 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_y, const floating[:, :, :,
                     const floating[:, :, :, ::1] w, int stride_h, int stride_w, int pad_top, int pad_left,
                     int dilation_h, int dilation_w, int groups, floating[::1] grad_x_flat,
                     floating[::1] grad_w_flat, floating[::1] grad_b, bint need_input, bint need_weight,
-                    int num_threads):
+                    bint need_bias, int num_threads):
     """Gradients of :func:`conv2d_forward`.
 
     grad_x_flat: x's size (flattened, written when need_input); grad_w_flat: w's size (written
-    when need_weight); grad_b (C_out,) always written. Unneeded outputs may be empty arrays.
+    when need_weight); grad_b (C_out,) (written when need_bias). Unneeded outputs may be empty arrays.
     """
     cdef Geometry g = _geometry(x.shape[0], x.shape[1], x.shape[2], x.shape[3], w.shape[0], w.shape[2],
                                 w.shape[3], grad_y.shape[2], grad_y.shape[3], stride_h, stride_w, pad_top,
                                 pad_left, dilation_h, dilation_w, groups)
-    _check(&g, w.shape[1], grad_y.shape[0], grad_y.shape[1], grad_b.shape[0])
+    _check(&g, w.shape[1], grad_y.shape[0], grad_y.shape[1], grad_b.shape[0] if need_bias else g.out_channels)
     cdef Py_ssize_t weight_size = g.out_channels * g.reduction
     if need_input and grad_x_flat.shape[0] != g.batch * g.channels * g.height * g.width:
         raise ValueError("conv2d_backward: grad_x has the wrong size")
@@ -859,6 +965,10 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_y, const floating[:, :, :,
         g.in_tile = g.in_tile - g.in_tile % PANEL
     if g.in_tile < 1:
         g.in_tile = 1
+    # ... but a whole sample for a 1x1 kernel up to 1 MiB (the 784 pixels of 64->128/2: 392 KiB),
+    # whose rows are then written whole, without a memset first (_col2im_1x1_rows)
+    if g.kernel_h == 1 and g.kernel_w == 1 and g.group_out * g.pixels <= 262144:
+        g.in_tile = g.pixels
     g.in_ld = _round_up(g.in_tile if g.in_tile < g.pixels else g.pixels, 16)
     if g.in_spread > 1:
         g.in_ld = _round_up(g.in_spread * g.pixels, 16)
@@ -876,7 +986,14 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_y, const floating[:, :, :,
         buffer_size = 8 * 16 * (g.pixels // 16 + 1)  # eight rows of the input gradient's tile (in_ld <= that)
     if g.in_spread > 1 and buffer_size < (8 + g.group_out) * g.in_ld:
         buffer_size = (8 + g.group_out) * g.in_ld  # eight rows of grad_col and the gathered grad_y
-    cdef Py_ssize_t partial_size = weight_size if need_weight and not (CONV_AVX512 and floating is float and 16 <= g.group_out <= g.reduction) else 0
+    # A 1x1 kernel, one group, more output than input channels (at least 16 input channels, a
+    # vector of the GEMM's columns): the wide path (_grad_weight_wide), the threads splitting the
+    # input channels. 2 threads, weight gradient alone: see _grad_weight_wide.
+    cdef bint wide_weight = False
+    if floating is float:
+        wide_weight = (CONV_AVX512 and need_weight and g.kernel_h == 1 and g.kernel_w == 1 and g.groups == 1
+                       and g.group_out > g.reduction and g.reduction >= 16)
+    cdef Py_ssize_t partial_size = weight_size if need_weight and not wide_weight and not (CONV_AVX512 and floating is float and 16 <= g.group_out <= g.reduction) else 0
     cdef Py_ssize_t per_thread = partial_size + buffer_size
     cdef floating* buffers = <floating*> malloc((num_threads * per_thread + 1) * sizeof(floating))
     if buffers == NULL:
@@ -934,7 +1051,16 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_y, const floating[:, :, :,
     cdef floating* fast_allocation = NULL
     cdef floating* fast_buffers = NULL
     cdef floating* grad_y_t
-    if fast_weight:
+    # the wide path's per-thread unfolded chunk (its channels x WIDE_TILE) and its transpose
+    cdef Py_ssize_t wide_width = 0
+    cdef Py_ssize_t wide_per_thread = 0
+    if wide_weight:
+        for thread in range(num_threads):
+            if _wide_edge(g.reduction, thread + 1, num_threads) - _wide_edge(g.reduction, thread, num_threads) > wide_width:
+                wide_width = _wide_edge(g.reduction, thread + 1, num_threads) - _wide_edge(g.reduction, thread, num_threads)
+        wide_per_thread = _round_up(wide_width * WIDE_TILE + WIDE_TILE * _round_up(wide_width, 16), 16)
+        fast_per_thread = wide_per_thread
+    if fast_weight or wide_weight:
         fast_allocation = <floating*> malloc(num_threads * fast_per_thread * sizeof(floating) + 64)
         if fast_allocation == NULL:
             free(buffers)
@@ -943,7 +1069,14 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_y, const floating[:, :, :,
         fast_buffers = _aligned(fast_allocation)
     try:
         with nogil:
-            if split_rows:
+            if wide_weight:
+                # num_threads shares of the input channels (a thread given fewer runs several)
+                with parallel(num_threads=num_threads):
+                    col = fast_buffers + openmp.omp_get_thread_num() * wide_per_thread
+                    for item in prange(num_threads, schedule="static"):
+                        _grad_weight_wide(&g, &grad_y[0, 0, 0, 0], &x[0, 0, 0, 0], &grad_w_flat[0], item, num_threads,
+                                          col, col + wide_width * WIDE_TILE)
+            elif split_rows:
                 with parallel(num_threads=num_threads):
                     thread = openmp.omp_get_thread_num()
                     threads = openmp.omp_get_num_threads()
@@ -987,7 +1120,7 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_y, const floating[:, :, :,
                 # shared by the threads where split_rows) of partial_t[g, r, o], by blocks of 16 r
                 for i in prange(g.groups * r_blocks, schedule="static", num_threads=num_threads):
                     _reduce_weight_block(&g, fast_buffers, fast_per_thread, partials, i, r_blocks, &grad_w_flat[0])
-            elif need_weight:
+            elif need_weight and not wide_weight:
                 memset(buffers, 0, num_threads * per_thread * sizeof(floating))
                 with parallel(num_threads=num_threads):
                     grad_w_mine = buffers + openmp.omp_get_thread_num() * per_thread
@@ -1015,6 +1148,8 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_y, const floating[:, :, :,
         free(panels)
         free(fast_allocation)
     # grad_b[o] = sum over samples and pixels of grad_y[:, o]
+    if not need_bias:
+        return
     with nogil:
         for o in prange(g.out_channels, schedule="static", num_threads=num_threads):
             grad_b[o] = _channel_sum(&grad_y[0, 0, 0, 0], o, g.batch, g.out_channels, g.pixels)

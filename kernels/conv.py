@@ -773,9 +773,11 @@ def _weight_grad(grad_y, x, w, stride, padding, dilation, groups):
 
 def conv2d_backward(grad_y, x, w, stride, padding, dilation, groups, output_mask):
     """grad_y (N, C_out, H_out, W_out), x, w as in :func:`conv2d_forward`; output_mask =
-    (input gradient wanted, weight gradient wanted) -> (grad_x (N, C_in, H, W) | empty (0,),
-    grad_w (C_out, C_in/groups, KH, KW) | empty (0,), grad_b (C_out,))."""
-    grad_b = grad_y.sum(dim=(0, 2, 3), dtype=torch.float32).to(w.dtype)
+    (input gradient wanted, weight gradient wanted, bias gradient wanted) -> (grad_x (N, C_in, H, W)
+    | empty (0,), grad_w (C_out, C_in/groups, KH, KW) | empty (0,), grad_b (C_out,) | empty (0,))."""
+    grad_b = w.new_empty((0,))
+    if output_mask[2]:
+        grad_b = grad_y.sum(dim=(0, 2, 3), dtype=torch.float32).to(w.dtype)
     empty_grad = grad_y.numel() == 0 or x.numel() == 0
     grad_x = x.new_empty((0,))
     if output_mask[0]:

@@ -9,6 +9,7 @@ ResNet-sized layers in float32 (TF32 off and on), bfloat16 and float16 plus a de
 of the weight gradient.
 """
 import importlib.util
+import itertools
 import os
 
 import numpy as np
@@ -187,7 +188,28 @@ def test_opcheck(backend):
     torch.library.opcheck(torch.ops.gatedrnn.conv2d.default, (x, weight, None, [1, 1], [0, 0, 0, 0], [1, 2], 2, backend))
     grad_y = torch.randn(2, 6, 3, 4, dtype=torch.float64)
     torch.library.opcheck(torch.ops.gatedrnn.conv2d_backward.default,
-                          (grad_y, x.detach(), weight.detach(), [2, 1], [1, 1, 0, 1], [1, 1], 2, backend, [True, False]))
+                          (grad_y, x.detach(), weight.detach(), [2, 1], [1, 1, 0, 1], [1, 1], 2, backend, [True, False, True]))
+    torch.library.opcheck(torch.ops.gatedrnn.conv2d_backward.default,
+                          (grad_y, x.detach(), weight.detach(), [2, 1], [1, 1, 0, 1], [1, 1], 2, backend, [False, True, False]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backward_returns_only_the_gradients_asked_for(backend):
+    """output_mask (input, weight, bias): an unwanted gradient is an empty (0,) tensor, the wanted
+    ones match the full backward's (without a bias, autograd asks for no bias gradient)."""
+    torch.manual_seed(1)
+    x = torch.randn(2, 6, 7, 5, dtype=torch.float64)
+    weight = torch.randn(10, 3, 1, 3, dtype=torch.float64)
+    grad_y = torch.randn(2, 10, 4, 3, dtype=torch.float64)
+    geometry = ([2, 1], [0, 1, 0, 0], [1, 1], 2, backend)
+    full = torch.ops.gatedrnn.conv2d_backward(grad_y, x, weight, *geometry, [True, True, True])
+    for mask in itertools.product([False, True], repeat=3):
+        parts = torch.ops.gatedrnn.conv2d_backward(grad_y, x, weight, *geometry, list(mask))
+        for wanted, part, whole in zip(mask, parts, full):
+            if wanted:
+                torch.testing.assert_close(part, whole, rtol=1e-12, atol=1e-12)
+            else:
+                assert part.shape == (0,)
 
 
 # --- bad input ---------------------------------------------------------------------------------
@@ -592,8 +614,8 @@ def test_gpu_weight_gradient_is_deterministic(name):
     pixel_blocks = y.shape[0] * y.shape[2] * y.shape[3] // plan.constexprs["BLOCK_P"]
     assert pixel_blocks >= 2 * kernels.MIN_BLOCKS_PER_SPLIT  # long enough to be split
     first = kernels.conv2d_backward(grad_y, x, weight, stride, list(padding), dilation, options["groups"],
-                                    [False, True])[1]
+                                    [False, True, False])[1]
     for _ in range(3):
         again = kernels.conv2d_backward(grad_y, x, weight, stride, list(padding), dilation, options["groups"],
-                                        [False, True])[1]
+                                        [False, True, False])[1]
         assert torch.equal(first, again)

@@ -45,6 +45,16 @@ CASES = {
     "1x1-direct-fast-weight": (2, 48, 6, 32, 1, 1, 0, 1),
     # Og > K with 100 output pixels a sample: forward tiles cut at sample ends
     "1x1-stride2-no-span": (3, 16, 20, 32, 1, 2, 0, 1),
+    # Og > K >= 16 with a 1x1 kernel: the wide weight gradient (threads split the input channels,
+    # 40 = 16 + 24 on 2 threads); 400 output pixels a sample: two chunks of 200
+    "1x1-wide-weight-chunks": (2, 40, 40, 72, 1, 2, 0, 1),
+    # ... with padding (zero columns in the unfolded chunk), stride 3 and odd sizes
+    "1x1-wide-weight-padding": (3, 33, 13, 70, 1, 3, 1, 1),
+    # 1x1 stride 2 input gradient written row by row (no memset): odd input width (15 -> 8
+    # columns, the last input column read by no output), and a sample too large for one tile
+    # (32 x 10000 > 262144: the memset-and-add fallback)
+    "1x1-stride2-odd-width": (2, 24, 15, 40, 1, 2, 0, 1),
+    "1x1-stride2-large-sample": (1, 16, 200, 32, 1, 2, 0, 1),
     # stride 2 with output rows of 20 and 33 pixels: the vector gather's full and tail steps
     "stride2-wide-rows": (2, 8, 40, 16, 3, 2, 1, 1),
     "stride2-odd-rows": (2, 4, 66, 16, 1, 2, 0, 1),
@@ -115,6 +125,23 @@ def test_thread_counts_agree_and_repeat_bitwise(threads):
                 assert torch.equal(a, b), name
     finally:
         torch.set_num_threads(previous)
+
+
+def test_wide_weight_gradient_does_not_depend_on_the_thread_count():
+    """The wide weight gradient gives each thread whole columns of grad_w, every element summed
+    over the samples and pixels in one order: the same bits on 1, 2 and 3 threads."""
+    previous = torch.get_num_threads()
+    gradients = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            gradients.append(check(CASES["1x1-wide-weight-chunks"])[2])
+    finally:
+        torch.set_num_threads(previous)
+    if not (torch.equal(gradients[0], gradients[1]) and torch.equal(gradients[0], gradients[2])):
+        # Only the BLAS fallback (no AVX-512) splits the sum by threads.
+        assert torch.allclose(gradients[0], gradients[1], rtol=1e-5, atol=1e-5)
+        assert torch.allclose(gradients[0], gradients[2], rtol=1e-5, atol=1e-5)
 
 
 def test_forward_does_not_depend_on_the_tiling():
