@@ -357,9 +357,10 @@ cdef void _forward_tile(const Geometry* g, const floating* x, const floating* w,
     writes to ``out`` (Og x count, row stride g.ld) and the rows are scattered to each sample's y.
 
     The weights are read in place (strided broadcasts). Packing them once per call into the
-    8-row panels of gatedrnn_conv_sgemm_packed made the GEMM alone 10-20% faster in isolation,
-    but the whole forward no faster on one core and 14-18% slower on two on 512@7 and
-    256->512/2 (the packing, a pass over 9 MiB, is not amortised over 392 pixels)."""
+    8-row panels of gatedrnn_conv_sgemm_packed (a pass over the weights) did not pay even where
+    each weight meets many pixels (2 threads, whole forward, packed vs in place: stem +4%, 3x3
+    64@56 +1%, 128@28 -0.5%, 256@14 -3%, 512@7 -18%, 3x3/2 -1..-23%, 1x1/2 -2..-27%), so
+    the broadcasts' strided reads are not what holds the kernel at 80-88% of the FMA peak."""
     cdef Py_ssize_t sample = flat // g.pixels
     cdef Py_ssize_t first = flat - sample * g.pixels
     cdef Py_ssize_t plane = g.height * g.width
