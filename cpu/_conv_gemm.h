@@ -329,15 +329,14 @@ static inline void gatedrnn_conv_sgemm_packed(long m, long n, long k, const floa
     }
 }
 
-#else  /* no AVX-512: conv.pyx calls BLAS instead */
+#else  /* no AVX-512: conv.pyx calls BLAS instead (the scalar helpers below keep it linking) */
 
+#define GATEDRNN_CONV_AVX512 0
 static inline void gatedrnn_transpose(const float* src, long rows, long cols, long lds, float* dst, long ldd) {
     for (long r = 0; r < rows; r++)
         for (long c = 0; c < cols; c++)
             dst[c * ldd + r] = src[r * lds + c];
 }
-
-#define GATEDRNN_CONV_AVX512 0
 static inline void gatedrnn_conv_sgemm(long m, long n, long k, const float* a, long a_row, long a_col,
                                        const float* b, long ldb, float* c, long ldc, int accumulate) {
     (void) m; (void) n; (void) k; (void) a; (void) a_row; (void) a_col; (void) b; (void) ldb; (void) c;

@@ -85,6 +85,10 @@ cdef inline void _matmul(bint trans_a, long m, long n, long k, const floating* a
     gemm(trans_a, False, <int> m, <int> n, <int> k, <floating> 1.0, a, <int> lda, b, <int> ldb,
          <floating> (1.0 if accumulate else 0.0), c, <int> ldc)
 
+# Whether this build's float32 paths run the AVX-512 register kernel (else BLAS): the tests
+# hold the kernel paths to their bitwise-determinism promises only where they run.
+REGISTER_KERNEL = bool(CONV_AVX512)
+
 # Elements of one thread's im2col buffer (512 KiB in float32): about an L2's worth.
 cdef Py_ssize_t COL_BUDGET = 131072
 # Fewest pixels in a tile when K is large (COL_BUDGET // K below it): one register block; 64,
