@@ -1057,14 +1057,13 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_y, const floating[:, :, :,
     cdef floating* fast_buffers = NULL
     cdef floating* grad_y_t
     # the wide path's per-thread unfolded chunk (its channels x WIDE_TILE) and its transpose
+    # (sized for the widest share of the input channels)
     cdef Py_ssize_t wide_width = 0
-    cdef Py_ssize_t wide_per_thread = 0
     if wide_weight:
         for thread in range(num_threads):
-            if _wide_edge(g.reduction, thread + 1, num_threads) - _wide_edge(g.reduction, thread, num_threads) > wide_width:
-                wide_width = _wide_edge(g.reduction, thread + 1, num_threads) - _wide_edge(g.reduction, thread, num_threads)
-        wide_per_thread = _round_up(wide_width * WIDE_TILE + WIDE_TILE * _round_up(wide_width, 16), 16)
-        fast_per_thread = wide_per_thread
+            wide_width = max(wide_width, _wide_edge(g.reduction, thread + 1, num_threads)
+                             - _wide_edge(g.reduction, thread, num_threads))
+        fast_per_thread = _round_up(wide_width * WIDE_TILE + WIDE_TILE * _round_up(wide_width, 16), 16)
     if fast_weight or wide_weight:
         fast_allocation = <floating*> malloc(num_threads * fast_per_thread * sizeof(floating) + 64)
         if fast_allocation == NULL:
@@ -1077,7 +1076,7 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_y, const floating[:, :, :,
             if wide_weight:
                 # num_threads shares of the input channels (a thread given fewer runs several)
                 with parallel(num_threads=num_threads):
-                    col = fast_buffers + openmp.omp_get_thread_num() * wide_per_thread
+                    col = fast_buffers + openmp.omp_get_thread_num() * fast_per_thread
                     for item in prange(num_threads, schedule="static"):
                         _grad_weight_wide(&g, &grad_y[0, 0, 0, 0], &x[0, 0, 0, 0], &grad_w_flat[0], item, num_threads,
                                           col, col + wide_width * WIDE_TILE)
