@@ -671,7 +671,8 @@ cdef void _grad_weight_wide(const Geometry* g, const floating* grad_y, const flo
     if width <= 0:
         return
     # a sample's pixels in equal chunks of at most WIDE_TILE (784 = 4 x 196, not 3 x 256 + 16)
-    cdef Py_ssize_t chunk = (g.pixels + (g.pixels + WIDE_TILE - 1) // WIDE_TILE - 1) // ((g.pixels + WIDE_TILE - 1) // WIDE_TILE)
+    cdef Py_ssize_t chunks = (g.pixels + WIDE_TILE - 1) // WIDE_TILE
+    cdef Py_ssize_t chunk = (g.pixels + chunks - 1) // chunks
     for n in range(g.batch):
         first = 0
         while first < g.pixels:
