@@ -193,6 +193,64 @@ def test_opcheck(backend):
                           (grad_y, x.detach(), weight.detach(), [2, 1], [1, 1, 0, 1], [1, 1], 2, backend, [False, True, False]))
 
 
+def test_eager_call_only_where_nothing_needs_the_dispatch():
+    """gatedrnn.ops._spatial.eager_call: plain tensors with nothing for autograd to record may skip
+    the custom op; autograd, fake tensors, functorch transforms and torch-function modes may not."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.overrides import TorchFunctionMode
+
+    from gatedrnn.ops._spatial import eager_call
+
+    x, leaf = torch.randn(2, 3), torch.randn(2, 3, requires_grad=True)
+    assert eager_call(x, None)
+    assert not eager_call(x, leaf)
+    with torch.no_grad():
+        assert eager_call(x, leaf)
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(x)
+        assert not eager_call(fake)
+    assert torch.func.vmap(lambda row: torch.tensor(float(eager_call(row))))(x).eq(0).all()
+
+    class Passthrough(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Passthrough():
+        assert not eager_call(x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_conv2d_calls_its_custom_op_only_when_something_needs_it(backend, monkeypatch):
+    """An eager call without autograd runs the op's body directly (same numbers); a call autograd
+    records, or one on fake tensors, goes through gatedrnn::conv2d."""
+    calls = []
+    original = conv_ops._conv2d_op
+
+    def counting(*arguments):
+        calls.append(1)
+        return original(*arguments)
+
+    monkeypatch.setattr(conv_ops, "_conv2d_op", counting)
+    torch.manual_seed(2)
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64)
+    weight = torch.randn(6, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(6, dtype=torch.float64)
+    expected = F.conv2d(x, weight.detach(), bias, 1, 1, 1, 2)
+    with torch.no_grad():
+        direct = conv2d(x, weight, bias, padding=1, groups=2, backend=backend)
+    assert calls == []
+    torch.testing.assert_close(direct, expected, rtol=1e-10, atol=1e-10)
+    recorded = conv2d(x, weight, bias, padding=1, groups=2, backend=backend)
+    assert calls == [1] and recorded.grad_fn is not None
+    torch.testing.assert_close(recorded.detach(), expected, rtol=1e-10, atol=1e-10)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    plain_weight = weight.detach()
+    with FakeTensorMode() as mode, torch.no_grad():
+        fake = conv2d(mode.from_tensor(x), mode.from_tensor(plain_weight), None, padding=1, groups=2,
+                      backend=backend)
+    assert calls == [1, 1] and fake.shape == expected.shape
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backward_returns_only_the_gradients_asked_for(backend):
     """output_mask (input, weight, bias): an unwanted gradient is an empty (0,) tensor, the wanted

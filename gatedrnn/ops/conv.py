@@ -36,7 +36,8 @@ from torch import Tensor
 
 from .. import oracle
 from ._recurrence import from_numpy, new_output, run_cpu_kernel, to_numpy64
-from ._spatial import Implementations, check_same, check_tensor, cpu_module, int_tuple, is_int, pick_backend
+from ._spatial import (Implementations, check_same, check_tensor, cpu_module, eager_call, int_tuple, is_int,
+                       pick_backend)
 
 __all__ = ["conv2d", "conv1d"]
 
@@ -74,8 +75,10 @@ def _cython():
     def forward(x, w, b, stride, padding, dilation, groups):
         y = new_output(_output_shape(x, w, stride, padding, dilation), x.dtype, x.device)
         bias = b if b is not None else x.new_zeros(w.shape[0])
+        # float32 on the register kernel never reaches BLAS in the forward
+        calls_blas = not (extension.REGISTER_KERNEL and x.dtype == torch.float32)
         run_cpu_kernel(extension.conv2d_forward, x, w, bias, stride[0], stride[1], padding[0], padding[2],
-                       dilation[0], dilation[1], groups, y)
+                       dilation[0], dilation[1], groups, y, calls_blas=calls_blas)
         return y
 
     def backward(grad_y, x, w, stride, padding, dilation, groups, output_mask):
@@ -116,14 +119,27 @@ def _as_backend_reads(backend: str, *tensors):
 
 # --- custom ops ---------------------------------------------------------------------------------
 
-@torch.library.custom_op("gatedrnn::conv2d", mutates_args=())
-def _conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
-               padding: Sequence[int], dilation: Sequence[int], groups: int, backend: str) -> Tensor:
+def _conv2d_forward(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
+                    padding: Sequence[int], dilation: Sequence[int], groups: int, backend: str) -> Tensor:
+    """The forward on a backend: the custom op's body, and what an eager call without autograd
+    runs directly (``eager_call``)."""
     input, weight, bias = _as_backend_reads(backend, input, weight, bias)
     if input.shape[0] == 0:
         return input.new_zeros(_output_shape(input, weight, stride, padding, dilation))
     forward, _ = _implementations(backend)
     return forward(input, weight, bias, list(stride), list(padding), list(dilation), groups)
+
+
+@torch.library.custom_op("gatedrnn::conv2d", mutates_args=())
+def _conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
+               padding: Sequence[int], dilation: Sequence[int], groups: int, backend: str) -> Tensor:
+    return _conv2d_forward(input, weight, bias, stride, padding, dilation, groups, backend)
+
+
+def _conv2d(input, weight, bias, stride, padding, dilation, groups, backend) -> Tensor:
+    """The op, or its body where nothing needs the dispatch (``eager_call``)."""
+    run = _conv2d_forward if eager_call(input, weight, bias) else _conv2d_op
+    return run(input, weight, bias, stride, padding, dilation, groups, backend)
 
 
 @_conv2d_op.register_fake
@@ -291,7 +307,7 @@ def conv2d(
     op = "conv2d"
     input, weight, bias, stride, pads, dilation, groups, name, unbatched = _prepare(
         op, input, weight, bias, stride, padding, dilation, groups, backend, spatial=2)
-    output = _conv2d_op(input, weight, bias, stride, pads, dilation, groups, name)
+    output = _conv2d(input, weight, bias, stride, pads, dilation, groups, name)
     return output.squeeze(0) if unbatched else output
 
 
@@ -319,5 +335,5 @@ def conv1d(
     op = "conv1d"
     input, weight, bias, stride, pads, dilation, groups, name, unbatched = _prepare(
         op, input, weight, bias, stride, padding, dilation, groups, backend, spatial=1)
-    output = _conv2d_op(input, weight, bias, stride, pads, dilation, groups, name).squeeze(2)
+    output = _conv2d(input, weight, bias, stride, pads, dilation, groups, name).squeeze(2)
     return output.squeeze(0) if unbatched else output
