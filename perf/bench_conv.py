@@ -9,6 +9,14 @@ the table gives the median of ``--repeats`` runs, GFLOP/s for both (2 * N * C_ou
 W_out * C_in/groups * KH * KW per forward; three times that for forward+backward) and the ratio
 torch time / ours (> 1: gatedrnn is faster), with geometric means per mode.
 
+Allocator: glibc hands blocks above its mmap threshold back to the kernel when they are freed,
+so whether a call's large outputs (the stem's 26 MB) come back as fresh pages, each one faulted
+in and zeroed on every call, depends on the process's allocation history: torch's stem forward
+measured 10.6 ms in one state and 25-27 ms in the other (its own conv 10.6 ms plus 15 ms of page
+faults on two 26 MB buffers), ours 11.2 ms in both. So that the table compares the convolutions,
+the CPU runs first fix glibc's mmap threshold at 32 MiB (its maximum) and the trim threshold at
+1 GiB (``mallopt``), for both sides alike; ``--system-malloc`` leaves glibc's defaults.
+
 ``--network`` adds one whole ResNet-18 training step (forward, cross-entropy, backward; train
 mode) of ``gatedrnn.models.resnet18(backend=...)`` against the same network built from torch.nn
 layers holding the same weights.
@@ -267,6 +275,20 @@ def run_gpu(shapes: List[Shape], batch: int, tf32: bool) -> Tuple[str, List[Row]
     return header, rows
 
 
+def steady_allocator() -> bool:
+    """Keep freed blocks of up to 32 MiB in glibc's heap (no page faults on reuse); see the module
+    docstring. False where glibc's mallopt is not available."""
+    import ctypes
+    import ctypes.util
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"a small subset: {', '.join(QUICK_NAMES)}")
@@ -282,6 +304,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
     parser.add_argument("--size", type=int, default=224, help="image size of the --network row")
     parser.add_argument("--gpu", action="store_true", help="Triton vs cuDNN in float32 and bfloat16")
     parser.add_argument("--tf32", action="store_true", help="--gpu: let float32 use TF32 (both sides)")
+    parser.add_argument("--system-malloc", action="store_true",
+                        help="CPU: leave glibc's allocation thresholds as they are (see above)")
     parser.add_argument("--json", help="write the raw figures to this file")
     parser.add_argument("--plot", metavar="FILE.png", help="bar chart of the ratios (needs matplotlib)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -303,8 +327,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
         header, rows = run_gpu(shapes, args.batch or 64, args.tf32)
     else:
         batch = args.batch or 8
+        allocator = "glibc defaults" if args.system_malloc or not steady_allocator() else \
+            "glibc mmap threshold 32 MiB, trim threshold 1 GiB"
         header = (f"# gatedrnn {gatedrnn.__version__} ({args.backend}) vs torch.nn.functional.conv2d, CPU float32\n"
-                  f"# {machine_description()}; median of {args.repeats} alternated runs")
+                  f"# {machine_description()}; median of {args.repeats} alternated runs; {allocator}")
         print(header, flush=True)
         rows = []
         for shape in shapes:

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import os
 import re
+import subprocess
 import sys
 
 import pytest
@@ -42,9 +43,12 @@ def table_rows(text):
 
 def test_quick_table_and_json(bench, capsys, tmp_path):
     figures = tmp_path / "conv.json"
-    rows = bench.main(["--quick", "--batch", "2", "--repeats", "1", "--warmup", "1", "--json", str(figures)])
+    # --system-malloc: the allocator settings are process-wide; test_steady_allocator checks them
+    # in a process of its own
+    rows = bench.main(["--quick", "--batch", "2", "--repeats", "1", "--warmup", "1", "--system-malloc",
+                       "--json", str(figures)])
     out = capsys.readouterr().out
-    assert f"{torch.get_num_threads()} threads (torch and gatedrnn)" in out
+    assert f"{torch.get_num_threads()} threads (torch and gatedrnn)" in out and "glibc defaults" in out
     parsed = table_rows(out)
     expected = {(name, mode) for name in bench.QUICK_NAMES for mode in bench.MODES}
     assert expected | {("geometric mean", mode) for mode in bench.MODES} == set(parsed)
@@ -89,3 +93,16 @@ def test_network_row_and_plot(bench, capsys, tmp_path):
     assert "| ResNet-18 64x64 | train step | 1 |" in out
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_steady_allocator():
+    """The CPU runs fix glibc's thresholds (mallopt accepts both values) and say so in the header."""
+    script = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('b', sys.argv[1]); "
+              "m = importlib.util.module_from_spec(spec); sys.modules['b'] = m; spec.loader.exec_module(m); "
+              "print(m.steady_allocator())")
+    result = subprocess.run([sys.executable, "-c", script, os.path.join(ROOT, "perf", "bench_conv.py")],
+                            capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "True"
