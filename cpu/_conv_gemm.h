@@ -20,6 +20,14 @@
    passes over it (the other order, each A block over every B panel, was no faster on the
    large-weight layers and 10% slower on the 1x1 ones).
 
+   A in runs (gatedrnn_conv_sgemm_runs): A's columns taken `run` at a time, one run every
+   `period` columns of the stored matrix, so column p of A is stored column
+   (p / run) * period + p % run. The forward of a band of border rows (conv.pyx, _forward_tile)
+   reduces over the kernel rows inside the input only: per input channel a run of
+   (kernel rows) * KW of the KH * KW weights. The kernels step each row pointer by a_col and
+   by `jump` after a run; the plain GEMM is one run of all of k (the same speed: 112 GFLOP/s a
+   core on L1-resident operands either way; runs of 6 in 9: 99% of it).
+
    Summation order: for each element, over the reduction in increasing p, KC at a time (the
    weight gradient's gatedrnn_conv_sgemm_whole: all of it at once); so the result depends only on
    the shapes, never on threads or timing. */
@@ -49,8 +57,9 @@ static inline void gatedrnn_prefetch_block(const float* c, long ldc, int lines) 
             _mm_prefetch((const char*) (c + i * ldc + 16 * l), _MM_HINT_T0);
 }
 
-/* 8 rows of C, columns [0, nc) with nc <= 32 (masks m0, m1 for the two 16-column halves). */
-static inline void gatedrnn_conv_kernel_8x32(long k, const float* a, long a_row, long a_col,
+/* 8 rows of C, columns [0, nc) with nc <= 32 (masks m0, m1 for the two 16-column halves); A's
+   row pointers advance by a_col a step and by jump more after every `run` steps. */
+static inline void gatedrnn_conv_kernel_8x32(long k, const float* a, long a_row, long a_col, long run, long jump,
                                              const float* b, long ldb, float* c, long ldc,
                                              __mmask16 m0, __mmask16 m1, int accumulate) {
     __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
@@ -66,17 +75,21 @@ static inline void gatedrnn_conv_kernel_8x32(long k, const float* a, long a_row,
     const float* a7 = a + 7 * a_row;
     if (accumulate)
         gatedrnn_prefetch_block(c, ldc, 2);
-    for (long p = 0; p < k; p++) {
-        __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
-        __m512 b1 = _mm512_maskz_loadu_ps(m1, b + 16);
-        __m512 av;
+    for (long p0 = 0; p0 < k; p0 += run) {
+        long stop = k - p0 < run ? k - p0 : run;
+        for (long p = 0; p < stop; p++) {
+            __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
+            __m512 b1 = _mm512_maskz_loadu_ps(m1, b + 16);
+            __m512 av;
 #define GATEDRNN_ROW(i) \
-        av = _mm512_set1_ps(a##i[0]); a##i += a_col; \
-        c##i##0 = _mm512_fmadd_ps(av, b0, c##i##0); c##i##1 = _mm512_fmadd_ps(av, b1, c##i##1);
-        GATEDRNN_ROW(0) GATEDRNN_ROW(1) GATEDRNN_ROW(2) GATEDRNN_ROW(3)
-        GATEDRNN_ROW(4) GATEDRNN_ROW(5) GATEDRNN_ROW(6) GATEDRNN_ROW(7)
+            av = _mm512_set1_ps(a##i[0]); a##i += a_col; \
+            c##i##0 = _mm512_fmadd_ps(av, b0, c##i##0); c##i##1 = _mm512_fmadd_ps(av, b1, c##i##1);
+            GATEDRNN_ROW(0) GATEDRNN_ROW(1) GATEDRNN_ROW(2) GATEDRNN_ROW(3)
+            GATEDRNN_ROW(4) GATEDRNN_ROW(5) GATEDRNN_ROW(6) GATEDRNN_ROW(7)
 #undef GATEDRNN_ROW
-        b += ldb;
+            b += ldb;
+        }
+        a0 += jump; a1 += jump; a2 += jump; a3 += jump; a4 += jump; a5 += jump; a6 += jump; a7 += jump;
     }
 #define GATEDRNN_STORE(i) \
     if (accumulate) { \
@@ -93,7 +106,7 @@ static inline void gatedrnn_conv_kernel_8x32(long k, const float* a, long a_row,
    8x32 block, but a 32-wide block spends as much time on 8 columns as on 32: the 392 output
    pixels of the 7x7 layers (a batch of 8) end in an 8-column block (2 threads: 192 + 200, the
    second thread's 200 in 6.25 blocks), which this kernel runs in half the time. */
-static inline void gatedrnn_conv_kernel_8x16(long k, const float* a, long a_row, long a_col,
+static inline void gatedrnn_conv_kernel_8x16(long k, const float* a, long a_row, long a_col, long run, long jump,
                                              const float* b, long ldb, float* c, long ldc,
                                              __mmask16 m0, int accumulate) {
     __m512 c0 = _mm512_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0, c7 = c0;
@@ -107,14 +120,18 @@ static inline void gatedrnn_conv_kernel_8x16(long k, const float* a, long a_row,
     const float* a7 = a + 7 * a_row;
     if (accumulate)
         gatedrnn_prefetch_block(c, ldc, 1);
-    for (long p = 0; p < k; p++) {
-        __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
+    for (long p0 = 0; p0 < k; p0 += run) {
+        long stop = k - p0 < run ? k - p0 : run;
+        for (long p = 0; p < stop; p++) {
+            __m512 b0 = _mm512_maskz_loadu_ps(m0, b);
 #define GATEDRNN_ROW(i) \
-        c##i = _mm512_fmadd_ps(_mm512_set1_ps(a##i[0]), b0, c##i); a##i += a_col;
-        GATEDRNN_ROW(0) GATEDRNN_ROW(1) GATEDRNN_ROW(2) GATEDRNN_ROW(3)
-        GATEDRNN_ROW(4) GATEDRNN_ROW(5) GATEDRNN_ROW(6) GATEDRNN_ROW(7)
+            c##i = _mm512_fmadd_ps(_mm512_set1_ps(a##i[0]), b0, c##i); a##i += a_col;
+            GATEDRNN_ROW(0) GATEDRNN_ROW(1) GATEDRNN_ROW(2) GATEDRNN_ROW(3)
+            GATEDRNN_ROW(4) GATEDRNN_ROW(5) GATEDRNN_ROW(6) GATEDRNN_ROW(7)
 #undef GATEDRNN_ROW
-        b += ldb;
+            b += ldb;
+        }
+        a0 += jump; a1 += jump; a2 += jump; a3 += jump; a4 += jump; a5 += jump; a6 += jump; a7 += jump;
     }
 #define GATEDRNN_STORE(i) \
     if (accumulate) \
@@ -127,25 +144,31 @@ static inline void gatedrnn_conv_kernel_8x16(long k, const float* a, long a_row,
 
 /* 8 rows of C, columns [0, nc) with nc <= 32: the 8x32 block, or the 8x16 one for an edge of
    at most 16 columns. */
-static inline void gatedrnn_conv_kernel_8(long k, const float* a, long a_row, long a_col,
+static inline void gatedrnn_conv_kernel_8(long k, const float* a, long a_row, long a_col, long run, long jump,
                                           const float* b, long ldb, float* c, long ldc,
                                           long nc, int accumulate) {
     if (nc <= 16)
-        gatedrnn_conv_kernel_8x16(k, a, a_row, a_col, b, ldb, c, ldc, gatedrnn_mask16(nc), accumulate);
+        gatedrnn_conv_kernel_8x16(k, a, a_row, a_col, run, jump, b, ldb, c, ldc, gatedrnn_mask16(nc), accumulate);
     else
-        gatedrnn_conv_kernel_8x32(k, a, a_row, a_col, b, ldb, c, ldc, gatedrnn_mask16(nc),
+        gatedrnn_conv_kernel_8x32(k, a, a_row, a_col, run, jump, b, ldb, c, ldc, gatedrnn_mask16(nc),
                                   gatedrnn_mask16(nc - 16), accumulate);
 }
 
 /* One row of C, columns [0, nc), nc <= 32: the m edge. */
-static inline void gatedrnn_conv_kernel_1x32(long k, const float* a, long a_col, const float* b, long ldb,
-                                             float* c, __mmask16 m0, __mmask16 m1, int accumulate) {
+static inline void gatedrnn_conv_kernel_1x32(long k, const float* a, long a_col, long run, long jump,
+                                             const float* b, long ldb, float* c, __mmask16 m0, __mmask16 m1,
+                                             int accumulate) {
     __m512 c0 = _mm512_setzero_ps(), c1 = c0;
-    for (long p = 0; p < k; p++) {
-        __m512 av = _mm512_set1_ps(a[p * a_col]);
-        c0 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m0, b), c0);
-        c1 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m1, b + 16), c1);
-        b += ldb;
+    for (long p0 = 0; p0 < k; p0 += run) {
+        long stop = k - p0 < run ? k - p0 : run;
+        for (long p = 0; p < stop; p++) {
+            __m512 av = _mm512_set1_ps(a[0]);
+            a += a_col;
+            c0 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m0, b), c0);
+            c1 = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m1, b + 16), c1);
+            b += ldb;
+        }
+        a += jump;
     }
     if (accumulate) {
         c0 = _mm512_add_ps(c0, _mm512_maskz_loadu_ps(m0, c));
@@ -155,8 +178,13 @@ static inline void gatedrnn_conv_kernel_1x32(long k, const float* a, long a_col,
     _mm512_mask_storeu_ps(c + 16, m1, c1);
 }
 
-static inline void gatedrnn_conv_sgemm(long m, long n, long k, const float* a, long a_row, long a_col,
-                                       const float* b, long ldb, float* c, long ldc, int accumulate) {
+static inline void gatedrnn_conv_sgemm_runs(long m, long n, long k, const float* a, long a_row, long a_col,
+                                            long run, long period, const float* b, long ldb, float* c, long ldc,
+                                            int accumulate) {
+    /* With gaps between the runs, KC blocks of whole runs, so that each block starts a run */
+    long kc_max = period == run ? GATEDRNN_CONV_KC
+                                : (run >= GATEDRNN_CONV_KC ? run : GATEDRNN_CONV_KC / run * run);
+    long jump = (period - run) * a_col;
     if (m <= 0 || n <= 0)
         return;
     if (k <= 0) {
@@ -166,21 +194,27 @@ static inline void gatedrnn_conv_sgemm(long m, long n, long k, const float* a, l
                     c[i * ldc + j] = 0.0f;
         return;
     }
-    for (long p0 = 0; p0 < k; p0 += GATEDRNN_CONV_KC) {
-        long kc = k - p0 < GATEDRNN_CONV_KC ? k - p0 : GATEDRNN_CONV_KC;
+    for (long p0 = 0; p0 < k; p0 += kc_max) {
+        long kc = k - p0 < kc_max ? k - p0 : kc_max;
         int add = accumulate || p0 > 0;
+        const float* a_block = a + (p0 / run * period + p0 % run) * a_col;
         for (long j0 = 0; j0 < n; j0 += 32) {
             __mmask16 m0 = gatedrnn_mask16(n - j0), m1 = gatedrnn_mask16(n - j0 - 16);
             const float* b_panel = b + p0 * ldb + j0;
             long i0 = 0;
             for (; i0 + 8 <= m; i0 += 8)
-                gatedrnn_conv_kernel_8(kc, a + i0 * a_row + p0 * a_col, a_row, a_col, b_panel, ldb,
+                gatedrnn_conv_kernel_8(kc, a_block + i0 * a_row, a_row, a_col, run, jump, b_panel, ldb,
                                        c + i0 * ldc + j0, ldc, n - j0, add);
             for (; i0 < m; i0++)
-                gatedrnn_conv_kernel_1x32(kc, a + i0 * a_row + p0 * a_col, a_col, b_panel, ldb,
+                gatedrnn_conv_kernel_1x32(kc, a_block + i0 * a_row, a_col, run, jump, b_panel, ldb,
                                           c + i0 * ldc + j0, m0, m1, add);
         }
     }
+}
+
+static inline void gatedrnn_conv_sgemm(long m, long n, long k, const float* a, long a_row, long a_col,
+                                       const float* b, long ldb, float* c, long ldc, int accumulate) {
+    gatedrnn_conv_sgemm_runs(m, n, k, a, a_row, a_col, k > 0 ? k : 1, k > 0 ? k : 1, b, ldb, c, ldc, accumulate);
 }
 
 /* The product for the weight gradient, whose C is its partial sums (K x Og, 9 MiB on a ResNet's
@@ -199,11 +233,11 @@ static inline void gatedrnn_conv_sgemm_whole(long m, long n, long k, const float
     long i0 = 0;
     for (; i0 + 8 <= m; i0 += 8)
         for (long j0 = 0; j0 < n; j0 += 32)
-            gatedrnn_conv_kernel_8(k, a + i0 * a_row, a_row, a_col, b + j0 / 32 * b_jump, ldb, c + i0 * ldc + j0,
-                                   ldc, n - j0, accumulate);
+            gatedrnn_conv_kernel_8(k, a + i0 * a_row, a_row, a_col, k, 0, b + j0 / 32 * b_jump, ldb,
+                                   c + i0 * ldc + j0, ldc, n - j0, accumulate);
     for (; i0 < m; i0++)
         for (long j0 = 0; j0 < n; j0 += 32)
-            gatedrnn_conv_kernel_1x32(k, a + i0 * a_row, a_col, b + j0 / 32 * b_jump, ldb, c + i0 * ldc + j0,
+            gatedrnn_conv_kernel_1x32(k, a + i0 * a_row, a_col, k, 0, b + j0 / 32 * b_jump, ldb, c + i0 * ldc + j0,
                                       gatedrnn_mask16(n - j0), gatedrnn_mask16(n - j0 - 16), accumulate);
 }
 
@@ -308,7 +342,7 @@ static inline void gatedrnn_conv_sgemm_packed(long m, long n, long k, const floa
         for (long j0 = 0; j0 < n; j0 += 32) {
             const float* b_panel = b + p0 * ldb + j0;
             for (long i0 = 0; i0 < full; i0 += 8)
-                gatedrnn_conv_kernel_8(kc, a + i0 * k + p0 * 8, 1, 8, b_panel, ldb, c + i0 * ldc + j0, ldc,
+                gatedrnn_conv_kernel_8(kc, a + i0 * k + p0 * 8, 1, 8, kc, 0, b_panel, ldb, c + i0 * ldc + j0, ldc,
                                        n - j0, add);
         }
     }
@@ -318,7 +352,7 @@ static inline void gatedrnn_conv_sgemm_packed(long m, long n, long k, const floa
     for (long j0 = 0; j0 < n; j0 += 32) {
         for (long p0 = 0; p0 < k; p0 += GATEDRNN_CONV_KC) {
             long kc = k - p0 < GATEDRNN_CONV_KC ? k - p0 : GATEDRNN_CONV_KC;
-            gatedrnn_conv_kernel_8(kc, a + full * k + p0 * 8, 1, 8, b + p0 * ldb + j0, ldb, edge, 32,
+            gatedrnn_conv_kernel_8(kc, a + full * k + p0 * 8, 1, 8, kc, 0, b + p0 * ldb + j0, ldb, edge, 32,
                                    n - j0, p0 > 0);
         }
         long width = n - j0 < 32 ? n - j0 : 32;
@@ -341,6 +375,12 @@ static inline void gatedrnn_conv_sgemm(long m, long n, long k, const float* a, l
                                        const float* b, long ldb, float* c, long ldc, int accumulate) {
     (void) m; (void) n; (void) k; (void) a; (void) a_row; (void) a_col; (void) b; (void) ldb; (void) c;
     (void) ldc; (void) accumulate;
+}
+static inline void gatedrnn_conv_sgemm_runs(long m, long n, long k, const float* a, long a_row, long a_col,
+                                            long run, long period, const float* b, long ldb, float* c, long ldc,
+                                            int accumulate) {
+    (void) m; (void) n; (void) k; (void) a; (void) a_row; (void) a_col; (void) run; (void) period; (void) b;
+    (void) ldb; (void) c; (void) ldc; (void) accumulate;
 }
 static inline void gatedrnn_conv_sgemm_whole(long m, long n, long k, const float* a, long a_row, long a_col,
                                              const float* b, long ldb, long b_jump, float* c, long ldc,

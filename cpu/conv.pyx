@@ -17,7 +17,9 @@ the kernel 100-114 on a Zen 4 core whose FMA peak is about 112); float64, and an
 AVX-512, calls BLAS (cython_blas, single-threaded inside our threads). On the kernel path:
 - forward tiles run over the whole batch's pixels (sample-major) and may span samples (the 7x7
   outputs of a ResNet's last stage are 49 pixels a sample: 392 a batch fill whole blocks), the
-  GEMM then writing to a buffer scattered to each sample;
+  GEMM then writing to a buffer scattered to each sample; on such small images with padding,
+  the output rows are grouped in bands (a 3x3 'same': top row, interior, bottom row) whose
+  GEMM reduces over the kernel rows that stay inside the input (the others meet only zeros);
 - the input gradient reads w_g^T packed into 8-row panels (contiguous broadcasts), computes
   grad_col eight rows at a time and folds those rows back at once (a buffer of 8 rows, so the
   tile can be a whole image), and for images under 64 pixels gathers several samples' grad_y
@@ -60,6 +62,9 @@ cdef extern from "_conv_gemm.h" nogil:
     void conv_sgemm_whole "gatedrnn_conv_sgemm_whole"(long m, long n, long k, const float* a, long a_row,
                                                       long a_col, const float* b, long ldb, long b_jump, float* c,
                                                       long ldc, int accumulate)
+    void conv_sgemm_runs "gatedrnn_conv_sgemm_runs"(long m, long n, long k, const float* a, long a_row, long a_col,
+                                                    long run, long period, const float* b, long ldb, float* c,
+                                                    long ldc, int accumulate)
     void gather_stride2 "gatedrnn_gather_stride2"(float* dst, const float* src, long n)
     void expand_stride2 "gatedrnn_expand_stride2"(float* dst, long width, const float* src, long n)
     void transpose "gatedrnn_transpose"(const float* src, long rows, long cols, long lds, float* dst, long ldd)
@@ -103,6 +108,18 @@ cdef Py_ssize_t PANEL = 32
 # spares the copy of a spanning tile's output (on the 1x1/2 layers, Og = 2 K, that copy made the
 # forward 10-30% slower at 28x28 and 14x14 outputs, while at 7x7 spanning stayed 10% faster).
 cdef Py_ssize_t SPAN_BELOW = 256
+# The forward by row bands (_forward: each band of output rows reduces over the kernel rows it
+# meets inside the input) where that skips at least this share of the multiply-adds. Measured
+# (forward alone, banded / plain time, 2 threads; 1 thread): 3x3 512@7, 2/21 skipped: 0.91-0.93;
+# 0.95. 3x3 256@14, 2/42: 1.02; 0.99. 3x3/2 256->512 to 7x7, 1/21: 0.99; 0.98 (the bands' extra
+# partial tiles each stream all the weights again). So only the 7x7-like cases.
+cdef Py_ssize_t BAND_SAVING_PERCENT = 5
+cdef bint ROW_BANDS = True
+# Longest tail of a band the banded forward folds into the tile before it instead of running it
+# as a tile of its own: a tile of 8 pixels streams every weight for a quarter of a register
+# block's work (512@7, K = 4608, one core: 8 columns at 49 GFLOP/s, 0.55x the time of 32; the
+# 40 of 32 + 8 in one tile cost 1.19x). (Folding the plain forward's tails changed nothing.)
+cdef Py_ssize_t TAIL = 16
 # Fewest pixels in a weight-gradient tile (its reduction length), so that each pass over the
 # partial sums (K x Og) carries enough work: on the 512@7 layer (K = 4608, where COL_BUDGET
 # alone gives 28) 64 was 5% slower than 128, 256 no better (2 shared cores: +-5% noise); with
@@ -192,7 +209,7 @@ cdef inline void _valid_columns(Py_ssize_t offset, Py_ssize_t stride, Py_ssize_t
 
 
 cdef void _im2col_same_width(const Geometry* g, const floating* x_group, Py_ssize_t first, Py_ssize_t count,
-                             floating* col, Py_ssize_t ld) noexcept nogil:
+                             floating* col, Py_ssize_t ld, Py_ssize_t kh0, Py_ssize_t kh1) noexcept nogil:
     """:func:`_im2col` for stride 1 and W_out = W (a 'same'-width convolution, every 3x3 of a
     ResNet at stride 1). Pixel p = oh * W + ow then reads x_c[p + shift] with shift = (kh * dh -
     pt) * W + kw * dw - pl, so a row of col is one copy of a slice of x_c, then zeros where the
@@ -205,9 +222,9 @@ cdef void _im2col_same_width(const Geometry* g, const floating* x_group, Py_ssiz
     cdef floating* row
     for c in range(g.group_channels):
         x_channel = x_group + c * plane
-        for kh in range(g.kernel_h):
+        for kh in range(kh0, kh1):
             for kw in range(g.kernel_w):
-                row = col + ((c * g.kernel_h + kh) * g.kernel_w + kw) * ld
+                row = col + ((c * (kh1 - kh0) + kh - kh0) * g.kernel_w + kw) * ld
                 offset = kw * g.dilation_w - g.pad_left
                 shift = (kh * g.dilation_h - g.pad_top) * width + offset
                 # pixels [low, high) of the tile read inside x_c (outside: vertical padding, or
@@ -253,25 +270,34 @@ cdef void _im2col_same_width(const Geometry* g, const floating* x_group, Py_ssiz
                         row[j] = 0
 
 
-cdef void _im2col(const Geometry* g, const floating* x_group, Py_ssize_t first, Py_ssize_t count,
-                  floating* col, Py_ssize_t ld) noexcept nogil:
-    """col (K x count, row stride ld) = the input values that output pixels [first, first + count) meet.
+cdef inline void _im2col(const Geometry* g, const floating* x_group, Py_ssize_t first, Py_ssize_t count,
+                         floating* col, Py_ssize_t ld) noexcept nogil:
+    """col (K x count, row stride ld) = the input values that output pixels [first, first + count)
+    meet: :func:`_im2col_taps` over every tap."""
+    _im2col_taps(g, x_group, first, count, col, ld, 0, g.kernel_h)
 
-    Row r = (c, kh, kw) of col holds x_group[c, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw] for
-    each pixel p = oh * W_out + ow, or 0 where that falls in the padding. The tile is walked one
-    output row at a time: a row either lies in the vertical padding (zeros) or reads one input
-    row, of which the in-bounds columns [low, high) are known in advance (a plain copy at stride 1).
+
+cdef void _im2col_taps(const Geometry* g, const floating* x_group, Py_ssize_t first, Py_ssize_t count,
+                       floating* col, Py_ssize_t ld, Py_ssize_t kh0, Py_ssize_t kh1) noexcept nogil:
+    """col ((C_in/groups * (kh1 - kh0) * KW) x count, row stride ld) = the input values that
+    output pixels [first, first + count) meet through the kernel rows kh0 <= kh < kh1.
+
+    Row r = (c, kh - kh0, kw) of col holds x_group[c, oh*sh - pt + kh*dh, ow*sw - pl + kw*dw]
+    for each pixel p = oh * W_out + ow, or 0 where that falls in the padding. The tile is walked
+    one output row at a time: a row either lies in the vertical padding (zeros) or reads one
+    input row, of which the in-bounds columns [low, high) are known in advance (a plain copy at
+    stride 1).
     """
     cdef Py_ssize_t c, kh, kw, k, j, oh, ow, segment, ih, offset, low, high, start, stop
     cdef const floating* source
     cdef floating* row
     if g.stride_h == 1 and g.stride_w == 1 and g.out_width == g.width:
-        _im2col_same_width(g, x_group, first, count, col, ld)
+        _im2col_same_width(g, x_group, first, count, col, ld, kh0, kh1)
         return
     for c in range(g.group_channels):
-        for kh in range(g.kernel_h):
+        for kh in range(kh0, kh1):
             for kw in range(g.kernel_w):
-                row = col + ((c * g.kernel_h + kh) * g.kernel_w + kw) * ld
+                row = col + ((c * (kh1 - kh0) + kh - kh0) * g.kernel_w + kw) * ld
                 offset = kw * g.dilation_w - g.pad_left
                 _valid_columns(offset, g.stride_w, g.width, g.out_width, &low, &high)
                 oh = first // g.out_width
@@ -353,20 +379,30 @@ cdef void _col2im_rows(const Geometry* g, const floating* rows, Py_ssize_t ld, P
             ow = 0
 
 
-cdef void _forward_tile(const Geometry* g, const floating* x, const floating* w, const floating* bias,
-                        floating* y, Py_ssize_t group, Py_ssize_t flat, Py_ssize_t count, floating* col,
-                        floating* out) noexcept nogil:
-    """One tile of the forward: ``count`` <= g.tile consecutive output pixels of the whole batch
-    (sample-major), from pixel ``flat``, for one group. A tile may span samples; then the GEMM
-    writes to ``out`` (Og x count, row stride g.ld) and the rows are scattered to each sample's y.
+cdef struct Band:
+    Py_ssize_t oh0, oh1       # output rows [oh0, oh1) of every sample
+    Py_ssize_t kh0, kh1       # the kernel rows its pixels meet inside the input: kh0 <= kh < kh1
+    Py_ssize_t start          # its first column among a group's batch x pixels ones (sample-major)
+
+
+cdef void _forward_tile(const Geometry* g, const Band* band, const floating* x, const floating* w,
+                        const floating* bias, floating* y, Py_ssize_t group, Py_ssize_t v, Py_ssize_t count,
+                        floating* col, floating* out) noexcept nogil:
+    """One tile of the forward: ``count`` <= g.ld consecutive columns of a band (its output rows
+    of every sample, sample-major), from its column ``v``, for one group. A tile may span
+    samples; then the GEMM writes to ``out`` (Og x count, row stride g.ld) and the rows are
+    scattered to each sample's y. Only the band's kernel rows enter the reduction (the others
+    meet only zero padding): the GEMM then reads their weights as runs of (kh1 - kh0) * KW in
+    every KH * KW.
 
     The weights are read in place (strided broadcasts). Packing them once per call into the
     8-row panels of gatedrnn_conv_sgemm_packed (a pass over the weights) did not pay even where
     each weight meets many pixels (2 threads, whole forward, packed vs in place: stem +4%, 3x3
     64@56 +1%, 128@28 -0.5%, 256@14 -3%, 512@7 -18%, 3x3/2 -1..-23%, 1x1/2 -2..-27%), so
     the broadcasts' strided reads are not what holds the kernel at 80-88% of the FMA peak."""
-    cdef Py_ssize_t sample = flat // g.pixels
-    cdef Py_ssize_t first = flat - sample * g.pixels
+    cdef Py_ssize_t band_pixels = (band.oh1 - band.oh0) * g.out_width
+    cdef Py_ssize_t sample = v // band_pixels
+    cdef Py_ssize_t first = band.oh0 * g.out_width + v - sample * band_pixels
     cdef Py_ssize_t plane = g.height * g.width
     cdef Py_ssize_t o, p, done, segment
     cdef floating shift
@@ -375,14 +411,13 @@ cdef void _forward_tile(const Geometry* g, const floating* x, const floating* w,
     cdef floating* y_tile = y + (sample * g.out_channels + group * g.group_out) * g.pixels + first
     cdef floating* y_row
     cdef const floating* out_row
-    if first + count <= g.pixels:  # within one sample: the GEMM writes y in place
+    if v - sample * band_pixels + count <= band_pixels:  # within one sample: the GEMM writes y in place
         if g.direct:
             _matmul(False, g.group_out, count, g.reduction, w_group, g.reduction, x_group + first, g.pixels,
                     False, y_tile, g.pixels)
         else:
-            _im2col(g, x_group, first, count, col, g.ld)
-            _matmul(False, g.group_out, count, g.reduction, w_group, g.reduction, col, g.ld, False, y_tile,
-                    g.pixels)
+            _im2col_taps(g, x_group, first, count, col, g.ld, band.kh0, band.kh1)
+            _band_matmul(g, band, w_group, col, count, y_tile, g.pixels)
         if bias != NULL:
             for o in range(g.group_out):
                 y_row = y_tile + o * g.pixels
@@ -392,20 +427,20 @@ cdef void _forward_tile(const Geometry* g, const floating* x, const floating* w,
         return
     done = 0
     while done < count:
-        segment = g.pixels - first
+        segment = band.oh1 * g.out_width - first
         if segment > count - done:
             segment = count - done
-        _im2col(g, x + (sample * g.channels + group * g.group_channels) * plane, first, segment, col + done,
-                g.ld)
+        _im2col_taps(g, x + (sample * g.channels + group * g.group_channels) * plane, first, segment, col + done,
+                     g.ld, band.kh0, band.kh1)
         done = done + segment
         sample = sample + 1
-        first = 0
-    _matmul(False, g.group_out, count, g.reduction, w_group, g.reduction, col, g.ld, False, out, g.ld)
-    sample = flat // g.pixels
-    first = flat - sample * g.pixels
+        first = band.oh0 * g.out_width
+    _band_matmul(g, band, w_group, col, count, out, g.ld)
+    sample = v // band_pixels
+    first = band.oh0 * g.out_width + v - sample * band_pixels
     done = 0
     while done < count:
-        segment = g.pixels - first
+        segment = band.oh1 * g.out_width - first
         if segment > count - done:
             segment = count - done
         for o in range(g.group_out):
@@ -416,7 +451,21 @@ cdef void _forward_tile(const Geometry* g, const floating* x, const floating* w,
                 y_row[p] = out_row[p] + shift
         done = done + segment
         sample = sample + 1
-        first = 0
+        first = band.oh0 * g.out_width
+
+
+cdef inline void _band_matmul(const Geometry* g, const Band* band, const floating* w_group, const floating* col,
+                              Py_ssize_t count, floating* c, Py_ssize_t ldc) noexcept nogil:
+    """c (Og x count) = w_g restricted to the band's kernel rows @ col (their unfolded input)."""
+    cdef Py_ssize_t run = (band.kh1 - band.kh0) * g.kernel_w
+    if band.kh0 == 0 and band.kh1 == g.kernel_h:
+        _matmul(False, g.group_out, count, g.reduction, w_group, g.reduction, col, g.ld, False, c, ldc)
+    elif floating is float:  # partial bands only on the register kernel (_bands)
+        if run == 0:  # the band's pixels meet only padding
+            conv_sgemm(g.group_out, count, 0, w_group, g.reduction, 1, col, g.ld, c, ldc, 0)
+        else:
+            conv_sgemm_runs(g.group_out, count, g.group_channels * run, w_group + band.kh0 * g.kernel_w,
+                            g.reduction, 1, run, g.kernel_h * g.kernel_w, col, g.ld, c, ldc, 0)
 
 
 cdef inline Py_ssize_t _share_edge(Py_ssize_t work, Py_ssize_t total, Py_ssize_t thread,
@@ -463,6 +512,77 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     _forward(&g, &x[0, 0, 0, 0], &w[0, 0, 0, 0], bias_or_null, &y[0, 0, 0, 0], num_threads)
 
 
+cdef inline void _valid_taps(Py_ssize_t position, Py_ssize_t stride, Py_ssize_t pad, Py_ssize_t dilation,
+                             Py_ssize_t kernel, Py_ssize_t size, Py_ssize_t* low, Py_ssize_t* high) noexcept nogil:
+    """[low, high): the taps k < kernel for which position * stride - pad + k * dilation lies in [0, size)."""
+    cdef Py_ssize_t origin = position * stride - pad
+    low[0] = 0 if origin >= 0 else (-origin + dilation - 1) // dilation
+    high[0] = 0 if size - 1 - origin < 0 else (size - 1 - origin) // dilation + 1
+    if high[0] > kernel:
+        high[0] = kernel
+    if low[0] > high[0]:
+        low[0] = high[0]
+
+
+cdef Py_ssize_t _bands(const Geometry* g, Band* bands) noexcept nogil:
+    """Cut the output rows into bands of consecutive rows that meet the same kernel rows inside
+    the input (a 3x3 'same' convolution: the top row, the interior, the bottom row); return
+    how many. Each band's columns follow the previous band's among a group's columns."""
+    cdef Py_ssize_t oh, low, high, number = 0
+    for oh in range(g.out_height):
+        _valid_taps(oh, g.stride_h, g.pad_top, g.dilation_h, g.kernel_h, g.height, &low, &high)
+        if number > 0 and bands[number - 1].kh0 == low and bands[number - 1].kh1 == high:
+            bands[number - 1].oh1 = oh + 1
+            continue
+        bands[number].oh0, bands[number].oh1, bands[number].kh0, bands[number].kh1 = oh, oh + 1, low, high
+        bands[number].start = 0 if number == 0 else (
+            bands[number - 1].start + g.batch * (bands[number - 1].oh1 - bands[number - 1].oh0) * g.out_width)
+        number = number + 1
+    return number
+
+
+cdef Py_ssize_t _plan_bands(const Geometry* g, Band* bands, bint register_kernel) noexcept nogil:
+    """The bands the forward runs (bands holds out_height): the row bands on the register kernel
+    for small images (tiles spanning samples) where they skip BAND_SAVING_PERCENT of the
+    multiply-adds, else one band of every row and kernel row. Returns how many."""
+    cdef Py_ssize_t band, number, meets = 0
+    if register_kernel and ROW_BANDS and not g.direct and g.pixels < SPAN_BELOW:
+        number = _bands(g, bands)
+        for band in range(number):
+            meets = meets + (bands[band].oh1 - bands[band].oh0) * (bands[band].kh1 - bands[band].kh0)
+        if meets * 100 <= g.out_height * g.kernel_h * (100 - BAND_SAVING_PERCENT):
+            return number
+    bands[0].oh0, bands[0].oh1, bands[0].kh0, bands[0].kh1, bands[0].start = 0, g.out_height, 0, g.kernel_h, 0
+    return 1
+
+
+def forward_row_bands(Py_ssize_t batch, Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
+                      Py_ssize_t out_channels, Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t out_height,
+                      Py_ssize_t out_width, int sh, int sw, int pt, int pl, int dh, int dw, int groups):
+    """[(first row, end row, first kernel row, end kernel row)]: the bands the float32 forward of
+    this geometry runs (one band of everything where it does not band). For tests."""
+    cdef Geometry g = _geometry(batch, channels, height, width, out_channels, kernel_h, kernel_w, out_height,
+                                out_width, sh, sw, pt, pl, dh, dw, groups)
+    cdef Band* bands = <Band*> malloc(out_height * sizeof(Band))
+    if bands == NULL:
+        raise MemoryError("forward_row_bands: out of memory")
+    try:
+        number = _plan_bands(&g, bands, CONV_AVX512)
+        return [(bands[b].oh0, bands[b].oh1, bands[b].kh0, bands[b].kh1) for b in range(number)]
+    finally:
+        free(bands)
+
+
+def set_row_bands(bint enabled):
+    """Let the forward skip the kernel rows that meet only padding, by row bands (True, the
+    default, where it pays) or never; return the previous setting. For tests and benchmarks:
+    both ways give the same outputs (up to the order of the sums)."""
+    global ROW_BANDS
+    previous = ROW_BANDS
+    ROW_BANDS = enabled
+    return previous
+
+
 cdef int _forward(const Geometry* geometry, const floating* x, const floating* w, const floating* bias, floating* y,
                   int num_threads) except -1:
     """The forward of :func:`conv2d_forward` on raw C-contiguous arrays (the stride-1 input
@@ -470,48 +590,72 @@ cdef int _forward(const Geometry* geometry, const floating* x, const floating* w
     cdef Geometry g = geometry[0]
     cdef Py_ssize_t total = g.batch * g.pixels
     cdef Py_ssize_t work = g.groups * total
-    cdef Py_ssize_t total_columns = total
-    cdef Py_ssize_t position, end, group, flat, count, thread, threads
+    cdef Py_ssize_t position, end, group, flat, count, thread, threads, band, band_columns
     cdef floating* col
     cdef floating* out
+    cdef bint partial = False
     if work == 0:
         return 0
     if num_threads < 1:
         num_threads = 1
+    cdef Band* bands = <Band*> malloc(g.out_height * sizeof(Band))
+    if bands == NULL:
+        raise MemoryError("conv2d_forward: could not allocate the row bands")
+    # Small padded images on the register kernel: by row bands, each band's GEMM reducing over
+    # the kernel rows it meets inside the input only, where that skips enough of the work.
+    cdef Py_ssize_t number = _plan_bands(&g, bands, floating is float and CONV_AVX512)
+    partial = number > 1 or bands[0].kh0 > 0 or bands[0].kh1 < g.kernel_h
+    if partial:  # tiles run up to TAIL columns over g.tile: see the loop below
+        g.ld = _round_up(min(g.tile + TAIL, total), 16)
     # Per thread, 64-byte aligned: the im2col tile (K x ld) and the GEMM result of a tile that
     # spans samples (Og x ld). Allocated here so a failure can raise (not inside the region).
     cdef Py_ssize_t col_size = g.reduction * g.ld
     cdef Py_ssize_t per_thread = _round_up(col_size + g.group_out * g.ld, 16)
     cdef floating* allocation = <floating*> malloc(num_threads * per_thread * sizeof(floating) + 64)
     if allocation == NULL:
+        free(bands)
         raise MemoryError("conv2d_forward: could not allocate the im2col buffers")
     cdef floating* buffers = _aligned(allocation)
     try:
         with nogil, parallel(num_threads=num_threads):
-            # Each thread takes an equal share of the (group, pixel) columns, cut into tiles at
-            # group ends and every g.tile pixels: balanced whatever the tile count (a prange over
-            # whole tiles left a thread idle when one tile held the batch's 7x7 outputs).
+            # Each thread takes an equal share of the (group, band, pixel) columns, cut into
+            # tiles at group and band ends and every g.tile pixels: balanced whatever the tile
+            # count (a prange over whole tiles left a thread idle when one tile held the batch's
+            # 7x7 outputs).
             thread = openmp.omp_get_thread_num()
             threads = openmp.omp_get_num_threads()
             col = buffers + thread * per_thread
             out = col + col_size
-            position = _share_edge(work, total_columns, thread, threads)
-            end = _share_edge(work, total_columns, thread + 1, threads)
+            position = _share_edge(work, total, thread, threads)
+            end = _share_edge(work, total, thread + 1, threads)
+            band = 0
             while position < end:
                 group = position // total
                 flat = position - group * total
+                if flat < bands[band].start:
+                    band = 0
+                band_columns = g.batch * (bands[band].oh1 - bands[band].oh0) * g.out_width
+                while flat >= bands[band].start + band_columns:
+                    band = band + 1
+                    band_columns = g.batch * (bands[band].oh1 - bands[band].oh0) * g.out_width
                 count = end - position
-                if count > total - flat:
-                    count = total - flat
-                if count > g.tile:
-                    count = g.tile
-                if ((g.pixels >= SPAN_BELOW or (g.group_out > g.reduction and g.pixels >= 64))
-                        and count > g.pixels - flat % g.pixels):
-                    count = g.pixels - flat % g.pixels
-                _forward_tile(&g, x, w, bias, y, group, flat, count, col, out)
+                if count > bands[band].start + band_columns - flat:
+                    count = bands[band].start + band_columns - flat
+                if partial:
+                    # the rest of a band goes into one tile when it is at most TAIL over the tile
+                    if count > g.tile + TAIL:
+                        count = g.tile
+                else:
+                    if count > g.tile:
+                        count = g.tile
+                    if ((g.pixels >= SPAN_BELOW or (g.group_out > g.reduction and g.pixels >= 64))
+                            and count > g.pixels - flat % g.pixels):
+                        count = g.pixels - flat % g.pixels
+                _forward_tile(&g, &bands[band], x, w, bias, y, group, flat - bands[band].start, count, col, out)
                 position = position + count
     finally:
         free(allocation)
+        free(bands)
     return 0
 
 

@@ -65,6 +65,9 @@ CASES = {
     "flipped-5x5-pad1-groups": (4, 16, 17, 32, 5, 1, 1, 2),
     # padding beyond the kernel's reach: no flipped forward, the packed path instead
     "wide-padding": (4, 8, 16, 16, 3, 1, 3, 1),
+    # 3x3 'same' on 7x7 images: the forward (and the flipped input gradient) by row bands, the
+    # top and bottom rows reducing over two kernel rows; 40 = 32 + 8 output channels
+    "row-bands-7x7": (3, 40, 7, 24, 3, 1, 1, 1),
 }
 
 
@@ -110,6 +113,81 @@ def test_float32_tiles_spanning_samples(name, budget):
         check(CASES[name])
     finally:
         extension.set_tile_budget(*previous)
+
+
+def test_row_band_plan():
+    """Which forwards run by row bands: small padded images where the kernel rows that meet only
+    padding are at least 5% of the work (none without the register kernel)."""
+    extension = conv_ops.cpu_module("conv")
+
+    def plan(batch, channels, size, out_channels, kernel, stride, padding, dilation=1):
+        out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+        return extension.forward_row_bands(batch, channels, size, size, out_channels, kernel, kernel, out, out,
+                                           stride, stride, padding, padding, dilation, dilation, 1)
+
+    whole = lambda rows, kernel: [(0, rows, 0, kernel)]  # noqa: E731
+    assert plan(8, 256, 56, 256, 3, 1, 1) == whole(56, 3)  # large image: never
+    assert plan(8, 256, 14, 256, 3, 1, 1) == whole(14, 3)  # 2/42 of the work: too little
+    assert plan(8, 16, 7, 16, 1, 1, 0) == whole(7, 1)      # no padding
+    if not extension.REGISTER_KERNEL:
+        assert plan(8, 512, 7, 512, 3, 1, 1) == whole(7, 3)
+        return
+    assert plan(8, 512, 7, 512, 3, 1, 1) == [(0, 1, 1, 3), (1, 6, 0, 3), (6, 7, 0, 2)]
+    # rows that meet only padding get a band with no kernel rows
+    assert plan(2, 4, 4, 3, 3, 1, 3) == [(0, 1, 3, 3), (1, 2, 2, 3), (2, 3, 1, 3), (3, 5, 0, 3), (5, 6, 0, 2),
+                                         (6, 7, 0, 1), (7, 8, 0, 0)]
+    assert plan(1, 3, 5, 4, 3, 2, 1, dilation=2) == [(0, 1, 1, 3), (1, 2, 0, 2)]
+
+
+# (batch, in_channels, height, width, out_channels, kernel, stride, padding, dilation, groups)
+BAND_GEOMETRIES = {
+    "3x3-same-7x7": (3, 40, 7, 7, 24, 3, 1, 1, 1, 1),
+    "5x3-stride-dilation-groups": (2, 6, 9, 8, 18, (5, 3), (1, 2), (2, 1), (1, 2), 2),
+    "rows-of-only-padding": (2, 4, 4, 4, 3, 3, 1, 3, 1, 1),
+    "dilation2-stride2": (1, 3, 5, 11, 17, 3, 2, 1, 2, 1),
+}
+
+
+@pytest.mark.parametrize("name", list(BAND_GEOMETRIES))
+def test_row_bands_match_torch_and_the_plain_forward(name):
+    """The forward by row bands against torch (float64) and against the same call without bands,
+    forward and every gradient (the stride-1 input gradient runs the forward too), and the same
+    bits on 1, 2 and 3 threads."""
+    extension = conv_ops.cpu_module("conv")
+    batch, c_in, height, width, c_out, kernel, stride, padding, dilation, groups = BAND_GEOMETRIES[name]
+    kernel = (kernel, kernel) if isinstance(kernel, int) else kernel
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(batch, c_in, height, width, generator=generator, dtype=torch.float64)
+    w = torch.randn(c_out, c_in // groups, *kernel, generator=generator, dtype=torch.float64)
+    b = torch.randn(c_out, generator=generator, dtype=torch.float64)
+    options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    leaves64 = [t.clone().requires_grad_() for t in (x, w, b)]
+    y64 = F.conv2d(*leaves64, **options)
+    grad_y = torch.randn(y64.shape, generator=generator, dtype=torch.float64)
+    expected = [y64.detach()] + list(torch.autograd.grad(y64, leaves64, grad_y))
+
+    def ours():
+        leaves = [t.float().requires_grad_() for t in (x, w, b)]
+        y = conv2d(*leaves, **options, backend="cython")
+        return [y.detach()] + list(torch.autograd.grad(y, leaves, grad_y.float()))
+
+    previous_threads, previous_bands = torch.get_num_threads(), extension.set_row_bands(True)
+    try:
+        runs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            runs.append(ours())
+        extension.set_row_bands(False)
+        plain = ours()
+    finally:
+        torch.set_num_threads(previous_threads)
+        extension.set_row_bands(previous_bands)
+    for label, a, e, p in zip(("y", "grad_x", "grad_w", "grad_b"), runs[0], expected, plain):
+        assert float((a.double() - e).norm() / e.norm()) <= TOLERANCE, label
+        assert float((a - p).norm() / p.norm()) <= TOLERANCE, label
+    if extension.REGISTER_KERNEL:
+        for run in runs[1:]:
+            assert torch.equal(run[0], runs[0][0]) and torch.equal(run[1], runs[0][1])
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
