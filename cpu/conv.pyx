@@ -512,25 +512,15 @@ def conv2d_forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] 
     _forward(&g, &x[0, 0, 0, 0], &w[0, 0, 0, 0], bias_or_null, &y[0, 0, 0, 0], num_threads)
 
 
-cdef inline void _valid_taps(Py_ssize_t position, Py_ssize_t stride, Py_ssize_t pad, Py_ssize_t dilation,
-                             Py_ssize_t kernel, Py_ssize_t size, Py_ssize_t* low, Py_ssize_t* high) noexcept nogil:
-    """[low, high): the taps k < kernel for which position * stride - pad + k * dilation lies in [0, size)."""
-    cdef Py_ssize_t origin = position * stride - pad
-    low[0] = 0 if origin >= 0 else (-origin + dilation - 1) // dilation
-    high[0] = 0 if size - 1 - origin < 0 else (size - 1 - origin) // dilation + 1
-    if high[0] > kernel:
-        high[0] = kernel
-    if low[0] > high[0]:
-        low[0] = high[0]
-
-
 cdef Py_ssize_t _bands(const Geometry* g, Band* bands) noexcept nogil:
     """Cut the output rows into bands of consecutive rows that meet the same kernel rows inside
     the input (a 3x3 'same' convolution: the top row, the interior, the bottom row); return
     how many. Each band's columns follow the previous band's among a group's columns."""
     cdef Py_ssize_t oh, low, high, number = 0
     for oh in range(g.out_height):
-        _valid_taps(oh, g.stride_h, g.pad_top, g.dilation_h, g.kernel_h, g.height, &low, &high)
+        # the kernel rows kh with input row (oh * sh - pt) + kh * dh in [0, H): the same
+        # arithmetic as the output columns that read inside a row
+        _valid_columns(oh * g.stride_h - g.pad_top, g.dilation_h, g.height, g.kernel_h, &low, &high)
         if number > 0 and bands[number - 1].kh0 == low and bands[number - 1].kh1 == high:
             bands[number - 1].oh1 = oh + 1
             continue
