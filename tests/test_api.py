@@ -271,6 +271,39 @@ def test_torch_compile_fullgraph_matches_eager(backend):
         torch.testing.assert_close(a, b)
 
 
+def _ops_run(fn):
+    """The gatedrnn custom ops that ``fn()`` dispatched (the profiler's events; it is no mode, so
+    it does not itself send the calls through the dispatcher)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sorted({event.name for event in prof.events() if event.name.startswith("gatedrnn::")})
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_eager_inference_skips_the_custom_op(cell, backend):
+    """Without anything for autograd to record (no_grad, or no input requiring grad; parameters
+    of a module count as plain tensors) the op's body runs directly, with the same outputs; a
+    call autograd records goes through gatedrnn::<cell>."""
+    module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](6, 6).double()
+    x, hx, *_ = make_args(cell, I=6, H=6)
+    weights = [module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0, module.bias_hh_l0]
+
+    def run():
+        return call(cell, x, hx, *weights, backend=backend)
+
+    layered = tuple(h.unsqueeze(0) for h in hx) if cell == "lstm" else hx.unsqueeze(0)
+    with torch.no_grad():
+        assert _ops_run(run) == []
+        expected = module(x, layered)
+        direct = run()
+    torch.testing.assert_close(direct[0], expected[0], rtol=1e-10, atol=1e-10)
+    assert _ops_run(run) == [f"gatedrnn::{cell}"]  # the parameters require grad
+    recorded = run()
+    assert recorded[0].grad_fn is not None
+    torch.testing.assert_close(recorded[0].detach(), expected[0], rtol=1e-10, atol=1e-10)
+
+
 @needs_cython
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_gradcheck_through_cython(cell):

@@ -194,12 +194,12 @@ def test_opcheck(backend):
 
 
 def test_eager_call_only_where_nothing_needs_the_dispatch():
-    """gatedrnn.ops._spatial.eager_call: plain tensors with nothing for autograd to record may skip
+    """gatedrnn.ops._recurrence.eager_call: plain tensors with nothing for autograd to record may skip
     the custom op; autograd, fake tensors, functorch transforms and torch-function modes may not."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.overrides import TorchFunctionMode
 
-    from gatedrnn.ops._spatial import eager_call
+    from gatedrnn.ops._recurrence import eager_call
 
     x, leaf = torch.randn(2, 3), torch.randn(2, 3, requires_grad=True)
     assert eager_call(x, None)
@@ -249,6 +249,14 @@ def test_conv2d_calls_its_custom_op_only_when_something_needs_it(backend, monkey
         fake = conv2d(mode.from_tensor(x), mode.from_tensor(plain_weight), None, padding=1, groups=2,
                       backend=backend)
     assert calls == [1, 1] and fake.shape == expected.shape
+    # a module's parameters are plain tensors to the dispatcher: eager inference skips the op too
+    module = Conv2d(4, 6, 3, padding=1, groups=2, backend=backend).double()
+    with torch.no_grad():
+        module.weight.copy_(plain_weight)
+        module.bias.copy_(bias)
+        from_module = module(x)
+    assert calls == [1, 1]
+    torch.testing.assert_close(from_module, expected, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -17,7 +17,7 @@ from ..backends import resolve_backend
 from ._recurrence import _BACKEND_DTYPES
 
 __all__ = ["is_int", "int_tuple", "check_tensor", "check_same", "pick_backend", "Implementations",
-           "cpu_module", "eager_call"]
+           "cpu_module"]
 
 
 def is_int(value) -> bool:
@@ -60,23 +60,6 @@ def pick_backend(backend: Optional[str], dtype: torch.dtype, device: torch.devic
             "convert the tensors with .to(...) or choose another backend"
         )
     return name
-
-
-def eager_call(*tensors: Optional[Tensor]) -> bool:
-    """Whether an op may call its backend directly instead of through its ``torch.library`` custom
-    op: plain tensors, nothing for autograd to record, and no compiler, tracer, mode or functorch
-    transform that has to see the op. The custom op's dispatch costs about 30 us a call (5% of
-    a ResNet 1x1/2 convolution's CPU forward); where this says False the op goes through it."""
-    present = [t for t in tensors if t is not None]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in present):
-        return False
-    if any(type(t) is not Tensor for t in present):  # FakeTensor, functional and other subclasses
-        return False
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return False
-    if torch._C._is_torch_function_mode_enabled() or torch._C._len_torch_dispatch_stack() > 0:
-        return False
-    return torch._C._functorch.peek_interpreter_stack() is None  # vmap, grad, jvp
 
 
 class Implementations:

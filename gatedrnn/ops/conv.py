@@ -35,9 +35,8 @@ import torch
 from torch import Tensor
 
 from .. import oracle
-from ._recurrence import from_numpy, new_output, run_cpu_kernel, to_numpy64
-from ._spatial import (Implementations, check_same, check_tensor, cpu_module, eager_call, int_tuple, is_int,
-                       pick_backend)
+from ._recurrence import eager_call, from_numpy, new_output, run_cpu_kernel, to_numpy64
+from ._spatial import Implementations, check_same, check_tensor, cpu_module, int_tuple, is_int, pick_backend
 
 __all__ = ["conv2d", "conv1d"]
 
