@@ -304,6 +304,24 @@ def test_eager_inference_skips_the_custom_op(cell, backend):
     torch.testing.assert_close(recorded[0].detach(), expected[0], rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_torch_compile_fullgraph_in_inference(backend):
+    """Under no_grad the eager calls skip the custom ops; a compiled graph still holds them (the
+    checks that pick the direct path trace without a break)."""
+    torch._dynamo.reset()
+    conv = gatedrnn.nn.Conv2d(3, 4, 3, padding=1, backend=backend).double()
+    lstm = gatedrnn.nn.LSTM(5, 6, backend=backend).double()
+
+    def model(x, sequence):
+        return conv(x).sum() + lstm(sequence)[0].sum()
+
+    x, sequence = torch.randn(2, 3, 7, 7, dtype=torch.float64), torch.randn(4, 2, 5, dtype=torch.float64)
+    with torch.no_grad():
+        eager = model(x, sequence)
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")(x, sequence)
+    torch.testing.assert_close(compiled, eager)
+
+
 @needs_cython
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_gradcheck_through_cython(cell):
