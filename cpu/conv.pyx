@@ -122,6 +122,9 @@ cdef bint ROW_BANDS = True
 cdef Py_ssize_t TAIL = 16
 # Input channels per step of the weight flip of the stride-1 input gradient (_flipped_input_gradient).
 cdef Py_ssize_t FLIP_BLOCK = 16
+# Fewest input pixels (whole batch) for which the stride-1 input gradient runs as a flipped
+# forward: measurements at conv2d_backward.
+cdef Py_ssize_t FLIP_BELOW = 256
 # Fewest pixels in a weight-gradient tile (its reduction length), so that each pass over the
 # partial sums (K x Og) carries enough work: on the 512@7 layer (K = 4608, where COL_BUDGET
 # alone gives 28) 64 was 5% slower than 128, 256 no better (2 shared cores: +-5% noise); with
@@ -1157,15 +1160,19 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_y, const floating[:, :, :,
     cdef floating* panels = NULL
     # float32 on AVX-512, stride 1, not the direct 1x1 case: the input gradient is a forward
     # convolution with the flipped weights (_flipped_input_gradient), no packing or col2im; where
-    # the batch has at least 1024 input pixels, as flipping the weights costs one pass over them
-    # whatever the batch. Measured against torch on one core, ratio packed -> flipped: 64@56
-    # 0.78 -> 0.93, 128@28 0.77 -> 0.88, 256@14 (1568 pixels) 0.70 -> 0.76, 512@7 (392) 0.66 -> 0.57.
+    # the batch has at least FLIP_BELOW input pixels, as flipping the weights costs one pass over
+    # them whatever the batch. Measured against torch on one core, ratio packed -> flipped: 64@56
+    # 0.78 -> 0.93, 128@28 0.77 -> 0.88, 256@14 (1568 pixels) 0.70 -> 0.76, 512@7 (392) 0.66 ->
+    # 0.57 (session 2). With the forward's row bands and the blocked flip (session 4, 2 threads,
+    # input gradient alone, packed -> flipped): 512@7 batch 8 (392 pixels) 11.2-11.9 -> 10.0-10.6
+    # ms, 128@14 batch 4 (784) 1.59 -> 1.47, 64@14 batch 2 (392) 0.26 -> 0.21; but 512@7 batch 1
+    # (49) 1.94 -> 2.98 and 256@7 batch 2 (98) 0.84 -> 1.08.
     cdef bint flip_input = False
     if floating is float:
         flip_input = (CONV_AVX512 and need_input and g.stride_h == 1 and g.stride_w == 1 and not g.direct
                       and g.pad_top <= (g.kernel_h - 1) * g.dilation_h
                       and g.pad_left <= (g.kernel_w - 1) * g.dilation_w
-                      and g.batch * g.height * g.width >= 1024)
+                      and g.batch * g.height * g.width >= FLIP_BELOW)
     if floating is float:
         if CONV_AVX512 and need_input and not flip_input:
             panels = <floating*> malloc(g.groups * blocks * panel_size * sizeof(floating) + 1)

@@ -60,14 +60,14 @@ CASES = {
     "stride2-odd-rows": (2, 4, 66, 16, 1, 2, 0, 1),
     # 7x7/2 stem-like, odd size
     "stem": (2, 3, 21, 32, 7, 2, 3, 1),
-    # stride 1 with >= 1024 input pixels a batch: the input gradient as a flipped forward
+    # stride 1 with >= 256 input pixels a batch: the input gradient as a flipped forward
     "flipped-3x3": (4, 16, 17, 32, 3, 1, 1, 1),
     "flipped-5x5-pad1-groups": (4, 16, 17, 32, 5, 1, 1, 2),
     # padding beyond the kernel's reach: no flipped forward, the packed path instead
     "wide-padding": (4, 8, 16, 16, 3, 1, 3, 1),
-    # 3x3 'same' on 7x7 images: the forward (and the flipped input gradient) by row bands, the
-    # top and bottom rows reducing over two kernel rows; 40 = 32 + 8 output channels
-    "row-bands-7x7": (3, 40, 7, 24, 3, 1, 1, 1),
+    # 3x3 'same' on 7x7 images: the forward (and the flipped input gradient: 6 x 49 >= 256
+    # input pixels) by row bands, the top and bottom rows reducing over two kernel rows
+    "row-bands-7x7": (6, 40, 7, 24, 3, 1, 1, 1),
 }
 
 
