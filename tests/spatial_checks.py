@@ -1,5 +1,6 @@
 """Shared pieces of the convolution, pooling and embedding tests: which CPU backends run here,
-and a norm-wise relative comparison against the float64 oracle."""
+a norm-wise relative comparison against the float64 oracle, and which custom ops a call
+dispatched."""
 import importlib
 
 import numpy as np
@@ -23,6 +24,14 @@ def _cython_has(*modules) -> bool:
 def cpu_backends(module: str) -> list:
     """numpy always; cython when its extension ``gatedrnn._cpu.<module>`` is built."""
     return ["numpy"] + (["cython"] if _cython_has(module) else [])
+
+
+def ops_dispatched(fn) -> list:
+    """The gatedrnn custom ops that ``fn()`` sent through the dispatcher (the profiler's events;
+    the profiler is no mode, so it does not itself push calls onto the op path)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sorted({event.name for event in prof.events() if event.name.startswith("gatedrnn::")})
 
 
 def needs_cython(module: str):

@@ -9,6 +9,8 @@ import torch
 import gatedrnn
 from gatedrnn import oracle
 
+from spatial_checks import ops_dispatched
+
 HAS_CYTHON = gatedrnn.available_backends()["cython"].available
 needs_cython = pytest.mark.skipif(not HAS_CYTHON, reason="cython extensions not built")
 CPU_BACKENDS = ["numpy"] + (["cython"] if HAS_CYTHON else [])
@@ -271,14 +273,6 @@ def test_torch_compile_fullgraph_matches_eager(backend):
         torch.testing.assert_close(a, b)
 
 
-def _ops_run(fn):
-    """The gatedrnn custom ops that ``fn()`` dispatched (the profiler's events; it is no mode, so
-    it does not itself send the calls through the dispatcher)."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        fn()
-    return sorted({event.name for event in prof.events() if event.name.startswith("gatedrnn::")})
-
-
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_eager_inference_skips_the_custom_op(cell, backend):
@@ -294,11 +288,11 @@ def test_eager_inference_skips_the_custom_op(cell, backend):
 
     layered = tuple(h.unsqueeze(0) for h in hx) if cell == "lstm" else hx.unsqueeze(0)
     with torch.no_grad():
-        assert _ops_run(run) == []
+        assert ops_dispatched(run) == []
         expected = module(x, layered)
         direct = run()
     torch.testing.assert_close(direct[0], expected[0], rtol=1e-10, atol=1e-10)
-    assert _ops_run(run) == [f"gatedrnn::{cell}"]  # the parameters require grad
+    assert ops_dispatched(run) == [f"gatedrnn::{cell}"]  # the parameters require grad
     recorded = run()
     assert recorded[0].grad_fn is not None
     torch.testing.assert_close(recorded[0].detach(), expected[0], rtol=1e-10, atol=1e-10)

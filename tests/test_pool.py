@@ -21,7 +21,7 @@ from gatedrnn.ops import pool as pool_ops
 from gatedrnn.ops.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 from interpreter import INTERPRETING, outside_interpreter, run_interpreted
-from spatial_checks import assert_close, cpu_backends, needs_cython, relative_error, rounded
+from spatial_checks import assert_close, cpu_backends, needs_cython, ops_dispatched, relative_error, rounded
 
 BACKENDS = cpu_backends("pool")
 DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -186,6 +186,27 @@ def test_cython_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda a: max_pool2d(a, 3, 2, 1, 1, True, backend="cython"), (x,), fast_mode=True)
     assert torch.autograd.gradcheck(lambda a: avg_pool2d(a, 3, 2, 1, True, False, backend="cython"), (x,), fast_mode=True)
     assert torch.autograd.gradcheck(lambda a: adaptive_avg_pool2d(a, (4, 5), backend="cython"), (x,), fast_mode=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eager_inference_skips_the_custom_ops(backend):
+    """Each pooling op runs its body directly when nothing needs the dispatcher (same numbers as
+    torch) and goes through its gatedrnn:: op when autograd records the call."""
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    calls = {
+        "gatedrnn::max_pool2d": (lambda t: max_pool2d(t, 3, 2, 1, backend=backend),
+                                 lambda t: F.max_pool2d(t, 3, 2, 1)),
+        "gatedrnn::avg_pool2d": (lambda t: avg_pool2d(t, 3, 2, 1, ceil_mode=True, backend=backend),
+                                 lambda t: F.avg_pool2d(t, 3, 2, 1, ceil_mode=True)),
+        "gatedrnn::adaptive_avg_pool2d": (lambda t: adaptive_avg_pool2d(t, (2, 3), backend=backend),
+                                          lambda t: F.adaptive_avg_pool2d(t, (2, 3))),
+    }
+    leaf = x.clone().requires_grad_()
+    for name, (ours, theirs) in calls.items():
+        with torch.no_grad():
+            assert ops_dispatched(lambda: ours(leaf)) == [], name
+            torch.testing.assert_close(ours(leaf), theirs(x), rtol=1e-12, atol=1e-12)
+        assert ops_dispatched(lambda: ours(leaf)) == [name]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

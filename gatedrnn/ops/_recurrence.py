@@ -143,6 +143,17 @@ def eager_call(*tensors: Optional[Tensor]) -> bool:
     return torch._C._functorch.peek_interpreter_stack() is None  # vmap, grad, jvp
 
 
+def eager_or_op(op: Callable, body: Callable) -> Callable:
+    """A function with ``op``'s arguments that runs ``body`` (the custom op's own Python function)
+    where :func:`eager_call` allows it, else ``op`` through the dispatcher."""
+    def run(*args):
+        if eager_call(*[a for a in args if isinstance(a, Tensor)]):
+            return body(*args)
+        return op(*args)
+
+    return run
+
+
 def run_cpu_kernel(function: Callable, *arguments, calls_blas: bool = True) -> None:
     """Call a ``gatedrnn._cpu`` extension function on tensors (converted to NumPy views).
 
@@ -476,14 +487,7 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
         )
 
     forward_op.register_autograd(autograd_backward, setup_context=setup_context)
-
-    def run(*args):
-        """The forward op, or its body where nothing needs the dispatch (:func:`eager_call`)."""
-        if eager_call(*[a for a in args if isinstance(a, Tensor)]):
-            return forward(*args)
-        return forward_op(*args)
-
-    return run
+    return eager_or_op(forward_op, forward)
 
 
 def finish_output(output: Tensor, batch_first: bool) -> Tensor:

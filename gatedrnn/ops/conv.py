@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from .. import oracle
-from ._recurrence import eager_call, from_numpy, new_output, run_cpu_kernel, to_numpy64
+from ._recurrence import eager_or_op, from_numpy, new_output, run_cpu_kernel, to_numpy64
 from ._spatial import Implementations, check_same, check_tensor, cpu_module, int_tuple, is_int, pick_backend
 
 __all__ = ["conv2d", "conv1d"]
@@ -120,8 +120,8 @@ def _as_backend_reads(backend: str, *tensors):
 
 def _conv2d_forward(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
                     padding: Sequence[int], dilation: Sequence[int], groups: int, backend: str) -> Tensor:
-    """The forward on a backend: the custom op's body, and what an eager call without autograd
-    runs directly (``eager_call``)."""
+    """The forward on a backend: gatedrnn::conv2d's body, which an eager call with nothing for
+    autograd to record runs directly (``eager_or_op``)."""
     input, weight, bias = _as_backend_reads(backend, input, weight, bias)
     if input.shape[0] == 0:
         return input.new_zeros(_output_shape(input, weight, stride, padding, dilation))
@@ -129,16 +129,7 @@ def _conv2d_forward(input: Tensor, weight: Tensor, bias: Optional[Tensor], strid
     return forward(input, weight, bias, list(stride), list(padding), list(dilation), groups)
 
 
-@torch.library.custom_op("gatedrnn::conv2d", mutates_args=())
-def _conv2d_op(input: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
-               padding: Sequence[int], dilation: Sequence[int], groups: int, backend: str) -> Tensor:
-    return _conv2d_forward(input, weight, bias, stride, padding, dilation, groups, backend)
-
-
-def _conv2d(input, weight, bias, stride, padding, dilation, groups, backend) -> Tensor:
-    """The op, or its body where nothing needs the dispatch (``eager_call``)."""
-    run = _conv2d_forward if eager_call(input, weight, bias) else _conv2d_op
-    return run(input, weight, bias, stride, padding, dilation, groups, backend)
+_conv2d_op = torch.library.custom_op("gatedrnn::conv2d", _conv2d_forward, mutates_args=())
 
 
 @_conv2d_op.register_fake
@@ -191,6 +182,8 @@ def _backward(ctx, grad_output):
 
 
 _conv2d_op.register_autograd(_backward, setup_context=_setup_context)
+# what the public functions call: the op, or its body where nothing needs the dispatch
+_conv2d = eager_or_op(_conv2d_op, _conv2d_forward)
 
 
 # --- public functions ---------------------------------------------------------------------------

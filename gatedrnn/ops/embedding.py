@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from .. import oracle
-from ._recurrence import from_numpy, new_output, run_cpu_kernel, to_numpy64
+from ._recurrence import eager_or_op, from_numpy, new_output, run_cpu_kernel, to_numpy64
 from ._spatial import Implementations, check_tensor, cpu_module, is_int, pick_backend
 
 __all__ = ["embedding"]
@@ -75,13 +75,15 @@ _implementations = Implementations("embedding", {
 })
 
 
-@torch.library.custom_op("gatedrnn::embedding", mutates_args=())
-def _embedding_op(weight: Tensor, indices: Tensor, padding_idx: int, backend: str) -> Tensor:
+def _embedding_forward(weight: Tensor, indices: Tensor, padding_idx: int, backend: str) -> Tensor:
     weight, indices = weight.contiguous(), indices.contiguous()
     if indices.shape[0] == 0 or weight.shape[1] == 0:
         return weight.new_zeros((indices.shape[0], weight.shape[1]))
     forward, _ = _implementations(backend)
     return forward(weight, indices, padding_idx)
+
+
+_embedding_op = torch.library.custom_op("gatedrnn::embedding", _embedding_forward, mutates_args=())
 
 
 @_embedding_op.register_fake
@@ -119,6 +121,7 @@ def _backward(ctx, grad_output):
 
 
 _embedding_op.register_autograd(_backward, setup_context=_setup_context)
+_embedding = eager_or_op(_embedding_op, _embedding_forward)
 
 
 def embedding(
@@ -170,5 +173,5 @@ def embedding(
             raise IndexError(f"{op}: input indices must lie in [0, num_embeddings) = [0, {num_weights}), "
                              f"got values in [{low}, {high}]")
     name = pick_backend(backend, weight.dtype, weight.device)
-    output = _embedding_op(weight, indices, padding, name)
+    output = _embedding(weight, indices, padding, name)
     return output.reshape(tuple(input.shape) + (weight.shape[1],))

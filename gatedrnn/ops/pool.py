@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from .. import oracle
-from ._recurrence import from_numpy, new_output, run_cpu_kernel, to_numpy64
+from ._recurrence import eager_or_op, from_numpy, new_output, run_cpu_kernel, to_numpy64
 from ._spatial import Implementations, check_tensor, cpu_module, int_tuple, is_int, pick_backend
 
 __all__ = ["max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
@@ -153,15 +153,17 @@ _implementations = Implementations("pooling", {
 
 # --- custom ops -------------------------------------------------------------------------------------
 
-@torch.library.custom_op("gatedrnn::max_pool2d", mutates_args=())
-def _max_pool2d_op(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
-                   dilation: Sequence[int], ceil_mode: bool, backend: str) -> Tuple[Tensor, Tensor]:
+def _max_pool2d_forward(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+                        dilation: Sequence[int], ceil_mode: bool, backend: str) -> Tuple[Tensor, Tensor]:
     input = input.contiguous()
     shape = _pool_shape(input.shape, kernel_size, stride, padding, dilation, ceil_mode)
     if input.numel() == 0:
         return input.new_zeros(shape), input.new_zeros(shape, dtype=torch.int64)
     return _implementations(backend).max_forward(input, list(kernel_size), list(stride), list(padding),
                                                  list(dilation), ceil_mode)
+
+
+_max_pool2d_op = torch.library.custom_op("gatedrnn::max_pool2d", _max_pool2d_forward, mutates_args=())
 
 
 @_max_pool2d_op.register_fake
@@ -200,17 +202,20 @@ def _max_backward(ctx, grad_output, _grad_indices):
 
 
 _max_pool2d_op.register_autograd(_max_backward, setup_context=_max_setup_context)
+_max_pool2d = eager_or_op(_max_pool2d_op, _max_pool2d_forward)
 
 
-@torch.library.custom_op("gatedrnn::avg_pool2d", mutates_args=())
-def _avg_pool2d_op(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
-                   ceil_mode: bool, count_include_pad: bool, divisor_override: Optional[int],
-                   backend: str) -> Tensor:
+def _avg_pool2d_forward(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+                        ceil_mode: bool, count_include_pad: bool, divisor_override: Optional[int],
+                        backend: str) -> Tensor:
     input = input.contiguous()
     if input.numel() == 0:
         return input.new_zeros(_pool_shape(input.shape, kernel_size, stride, padding, (1, 1), ceil_mode))
     return _implementations(backend).avg_forward(input, list(kernel_size), list(stride), list(padding), ceil_mode,
                                                  count_include_pad, divisor_override)
+
+
+_avg_pool2d_op = torch.library.custom_op("gatedrnn::avg_pool2d", _avg_pool2d_forward, mutates_args=())
 
 
 @_avg_pool2d_op.register_fake
@@ -245,14 +250,18 @@ def _avg_backward(ctx, grad_output):
 
 
 _avg_pool2d_op.register_autograd(_avg_backward, setup_context=_avg_setup_context)
+_avg_pool2d = eager_or_op(_avg_pool2d_op, _avg_pool2d_forward)
 
 
-@torch.library.custom_op("gatedrnn::adaptive_avg_pool2d", mutates_args=())
-def _adaptive_avg_pool2d_op(input: Tensor, output_size: Sequence[int], backend: str) -> Tensor:
+def _adaptive_avg_pool2d_forward(input: Tensor, output_size: Sequence[int], backend: str) -> Tensor:
     input = input.contiguous()
     if input.numel() == 0 or 0 in output_size:
         return input.new_zeros(tuple(input.shape[:2]) + tuple(output_size))
     return _implementations(backend).adaptive_forward(input, list(output_size))
+
+
+_adaptive_avg_pool2d_op = torch.library.custom_op("gatedrnn::adaptive_avg_pool2d", _adaptive_avg_pool2d_forward,
+                                                  mutates_args=())
 
 
 @_adaptive_avg_pool2d_op.register_fake
@@ -282,6 +291,7 @@ def _adaptive_backward(ctx, grad_output):
 
 
 _adaptive_avg_pool2d_op.register_autograd(_adaptive_backward, setup_context=_adaptive_setup_context)
+_adaptive_avg_pool2d = eager_or_op(_adaptive_avg_pool2d_op, _adaptive_avg_pool2d_forward)
 
 
 # --- argument checks --------------------------------------------------------------------------------
@@ -374,7 +384,7 @@ def max_pool2d(
                                 lambda k, d: k // 2)
     name = pick_backend(backend, input.dtype, input.device)
     x, unbatched = _batched(input)
-    output, indices = _max_pool2d_op(x, *map(list, geometry), ceil_mode, name)
+    output, indices = _max_pool2d(x, *map(list, geometry), ceil_mode, name)
     if unbatched:
         output, indices = output.squeeze(0), indices.squeeze(0)
     return (output, indices) if return_indices else output
@@ -415,7 +425,7 @@ def avg_pool2d(
                                                   lambda k, d: k // 2)
     name = pick_backend(backend, input.dtype, input.device)
     x, unbatched = _batched(input)
-    output = _avg_pool2d_op(x, list(kernel), list(stride), list(padding), ceil_mode, count_include_pad,
+    output = _avg_pool2d(x, list(kernel), list(stride), list(padding), ceil_mode, count_include_pad,
                             None if divisor_override is None else int(divisor_override), name)
     return output.squeeze(0) if unbatched else output
 
@@ -449,5 +459,5 @@ def adaptive_avg_pool2d(
         raise ValueError(f"{op}: output_size must be non-negative, got {tuple(output_size)}")
     name = pick_backend(backend, input.dtype, input.device)
     x, unbatched = _batched(input)
-    output = _adaptive_avg_pool2d_op(x, size, name)
+    output = _adaptive_avg_pool2d(x, size, name)
     return output.squeeze(0) if unbatched else output
