@@ -1,7 +1,8 @@
 """The Cython conv2d's float32 fast paths (cpu/conv.pyx with the AVX-512 kernel of
 cpu/_conv_gemm.h; BLAS where the CPU lacks AVX-512) against torch in float64: tiles that span
-samples, the sample-gathering input gradient of small images, the transposed weight gradient,
-the m and n edges of the register blocks, groups, thread counts and determinism.
+samples, row bands, Winograd F(2x2, 3x3), the sample-gathering input gradient of small images,
+the transposed weight gradient, the m and n edges of the register blocks, groups, thread counts
+and determinism.
 
 tests/test_conv.py covers the semantics on every backend; these cases are shaped to reach each
 branch of the Cython tiling (sizes chosen so that 2 cores run the file in a few seconds)."""
@@ -66,8 +67,10 @@ CASES = {
     # padding beyond the kernel's reach: no flipped forward, the packed path instead
     "wide-padding": (4, 8, 16, 16, 3, 1, 3, 1),
     # 3x3 'same' on 7x7 images: the forward (and the flipped input gradient: 6 x 49 >= 256
-    # input pixels) by row bands, the top and bottom rows reducing over two kernel rows
+    # input pixels) by Winograd, or by row bands (test_row_bands_match_torch_and_the_plain_forward)
     "row-bands-7x7": (6, 40, 7, 24, 3, 1, 1, 1),
+    # 3x3 stride 1 with 8 input channels: too few for Winograd, the direct forward
+    "3x3-few-channels": (4, 8, 12, 16, 3, 1, 1, 1),
 }
 
 
@@ -171,7 +174,9 @@ def test_row_bands_match_torch_and_the_plain_forward(name):
         y = conv2d(*leaves, **options, backend="cython")
         return [y.detach()] + list(torch.autograd.grad(y, leaves, grad_y.float()))
 
+    # Winograd takes the 3x3 stride-1 cases where it applies: off here, to test the bands
     previous_threads, previous_bands = torch.get_num_threads(), extension.set_row_bands(True)
+    previous_winograd = extension.set_winograd(False)
     try:
         runs = []
         for threads in (1, 2, 3):
@@ -182,9 +187,105 @@ def test_row_bands_match_torch_and_the_plain_forward(name):
     finally:
         torch.set_num_threads(previous_threads)
         extension.set_row_bands(previous_bands)
+        extension.set_winograd(previous_winograd)
     for label, a, e, p in zip(("y", "grad_x", "grad_w", "grad_b"), runs[0], expected, plain):
         assert float((a.double() - e).norm() / e.norm()) <= TOLERANCE, label
         assert float((a - p).norm() / p.norm()) <= TOLERANCE, label
+    if extension.REGISTER_KERNEL:
+        for run in runs[1:]:
+            assert torch.equal(run[0], runs[0][0]) and torch.equal(run[1], runs[0][1])
+
+
+def test_winograd_plan():
+    """Which float32 forwards run Winograd F(2x2, 3x3): 3x3, stride 1, no dilation, at least 16
+    input and 8 output channels a group, on the register kernel only."""
+    extension = conv_ops.cpu_module("conv")
+
+    def plan(batch, channels, size, out_channels, kernel=3, stride=1, padding=1, dilation=1, groups=1):
+        out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+        return extension.forward_winograd(batch, channels, size, size, out_channels, kernel, kernel, out, out,
+                                          stride, stride, padding, padding, dilation, dilation, groups)
+
+    kernel_path = extension.REGISTER_KERNEL
+    assert plan(8, 64, 56, 64) == kernel_path
+    assert plan(1, 16, 1, 8, padding=2) == kernel_path
+    assert plan(2, 32, 9, 16, groups=2) == kernel_path   # 16 input channels a group
+    assert not plan(2, 30, 9, 16, groups=2)              # 15
+    assert not plan(8, 8, 56, 64)                        # too few input channels
+    assert not plan(8, 64, 56, 4)                        # fewer output channels than a register block
+    assert not plan(8, 64, 56, 64, stride=2)
+    assert not plan(8, 64, 56, 64, dilation=2, padding=2)
+    assert not plan(8, 64, 56, 64, kernel=5, padding=2)
+    assert not plan(8, 64, 56, 64, kernel=1, padding=0)
+    previous = extension.set_winograd(False)
+    try:
+        assert not plan(8, 64, 56, 64)
+    finally:
+        extension.set_winograd(previous)
+
+
+# (batch, in_channels, height, width, out_channels, padding (h, w), groups); 3x3, stride 1
+WINOGRAD_GEOMETRIES = {
+    # odd output sizes (9 x 11): the last tile row and column half used
+    "odd-sizes": (2, 20, 9, 11, 24, (1, 1), 1),
+    # no padding (6 x 5 outputs) and padding 2 (7 x 8 from 5 x 6), and different per axis
+    "valid": (3, 16, 8, 7, 16, (0, 0), 1),
+    "padding-2": (2, 16, 5, 6, 8, (2, 2), 1),
+    "padding-1-2": (2, 17, 6, 9, 12, (1, 2), 1),
+    # two groups of 16 input and 24 output channels
+    "groups": (2, 32, 9, 9, 48, (1, 1), 2),
+    # one output pixel a sample (a tile with one used output)
+    "one-pixel": (3, 16, 1, 1, 8, (1, 1), 1),
+    # 16 tiles in all: the threads split the output channels (40: 24 + 16 on 2 threads)
+    "channel-split": (1, 24, 7, 7, 40, (1, 1), 1),
+    # 400 tiles (100 a sample), blocks of 64 tiles that start and end inside samples
+    "blocks-span-samples": (4, 64, 20, 20, 64, (1, 1), 1),
+    # tile rows of 19 tiles (16 + 3 in the vector steps), odd width 37, 380 tiles
+    "wide-rows": (1, 16, 40, 37, 8, (1, 1), 1),
+}
+
+
+@pytest.mark.parametrize("name", list(WINOGRAD_GEOMETRIES))
+def test_winograd_matches_torch_and_the_direct_forward(name):
+    """The Winograd forward against torch (float64) and against the same call without it,
+    forward and every gradient (the stride-1 input gradient runs the forward on the flipped
+    weights where the batch has 256 input pixels), and the same bits on 1, 2 and 3 threads."""
+    extension = conv_ops.cpu_module("conv")
+    batch, c_in, height, width, c_out, padding, groups = WINOGRAD_GEOMETRIES[name]
+    assert extension.forward_winograd(
+        batch, c_in, height, width, c_out, 3, 3, height + 2 * padding[0] - 2, width + 2 * padding[1] - 2,
+        1, 1, padding[0], padding[1], 1, 1, groups) == extension.REGISTER_KERNEL
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(batch, c_in, height, width, generator=generator, dtype=torch.float64)
+    w = torch.randn(c_out, c_in // groups, 3, 3, generator=generator, dtype=torch.float64)
+    b = torch.randn(c_out, generator=generator, dtype=torch.float64)
+    options = dict(padding=padding, groups=groups)
+    leaves64 = [t.clone().requires_grad_() for t in (x, w, b)]
+    y64 = F.conv2d(*leaves64, **options)
+    grad_y = torch.randn(y64.shape, generator=generator, dtype=torch.float64)
+    expected = [y64.detach()] + list(torch.autograd.grad(y64, leaves64, grad_y))
+
+    def ours():
+        leaves = [t.float().requires_grad_() for t in (x, w, b)]
+        y = conv2d(*leaves, **options, backend="cython")
+        return [y.detach()] + list(torch.autograd.grad(y, leaves, grad_y.float()))
+
+    previous_threads, previous_winograd = torch.get_num_threads(), extension.set_winograd(True)
+    try:
+        runs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            runs.append(ours())
+        extension.set_winograd(False)
+        direct = ours()
+    finally:
+        torch.set_num_threads(previous_threads)
+        extension.set_winograd(previous_winograd)
+    for label, a, e, d in zip(("y", "grad_x", "grad_w", "grad_b"), runs[0], expected, direct):
+        assert float((a.double() - e).norm() / e.norm()) <= TOLERANCE, label
+        assert float((a - d).norm() / d.norm()) <= TOLERANCE, label
+        # no element off by more than float32 rounding of the largest terms
+        assert float((a.double() - e).abs().max()) <= 1e-4 * float(e.abs().max()), label
     if extension.REGISTER_KERNEL:
         for run in runs[1:]:
             assert torch.equal(run[0], runs[0][0]) and torch.equal(run[1], runs[0][1])
