@@ -216,6 +216,107 @@ static inline void gatedrnn_winograd_output(const float* m, long ld, long count,
     }
 }
 
+/* The weight gradient (conv.pyx, _winograd_grad_weight): the transposition of the forward,
+
+       grad_w[o, c] (3x3) = G^T [ sum over tiles t of (A g_t[o] A^T) * (B^T d_t[c] B) ] G
+
+   with g_t[o] tile t's 2x2 block of output gradients of channel o (zero outside the image) and
+   d_t[c] its 4x4 input patch: 16 GEMMs S_xi (Cg x Og) += V_xi (Cg x tiles) @ Z_xi^T (tiles x Og)
+   reducing over the tiles, so Z^T has to be laid out with the output channels contiguous. */
+
+/* zt (row 16 t + xi, columns [0, channels), row stride ldz) = A g_t A^T for tiles
+   [tile, tile + count) of the batch (sample-major, tiles_h x tiles_w a sample), with lane o the
+   output channel: gy is the first channel's plane in sample 0 (planes out_h x out_w,
+   sample_stride floats between samples). Runs of up to 8 tiles of a tile row: the 16 output
+   gradients of each of its two output rows transposed 16 channels at a time in registers (4
+   values a tile and channel: a quarter of transposing the 16 of Z itself), then Z for 16
+   channels a vector.
+       A g: rows g0, g0 + g1, g0 - g1, -g1;   (A g) A^T: columns r0, r0 + r1, r0 - r1, -r1. */
+static inline void gatedrnn_winograd_grad_output(const float* gy, long sample_stride, long channels, long out_h,
+                                                 long out_w, long tiles_h, long tiles_w, long tile, long count,
+                                                 float* zt, long ldz) {
+    const __m512 zero = _mm512_setzero_ps();
+    long per_sample = tiles_h * tiles_w, plane = out_h * out_w;
+    long t = 0;
+    while (t < count) {
+        long flat = tile + t;
+        long n = flat / per_sample, position = flat - n * per_sample;
+        long ty = position / tiles_w, tx = position - ty * tiles_w;
+        long run = tiles_w - tx;
+        if (run > count - t)
+            run = count - t;
+        if (run > 8)
+            run = 8;
+        long columns = out_w - 2 * tx;  /* output columns from the run's first */
+        __mmask16 valid = gatedrnn_mask16(columns < 2 * run ? columns : 2 * run);
+        const float* sample = gy + n * sample_stride;
+        for (long o0 = 0; o0 < channels; o0 += 16) {
+            long block = channels - o0 < 16 ? channels - o0 : 16;
+            __mmask16 lanes = gatedrnn_mask16(block);
+            __m512 top[16], bottom[16];  /* [q]: the 16 channels' gradients at column 2 tx + q */
+            const float* rows = sample + o0 * plane + (2 * ty) * out_w + 2 * tx;
+            gatedrnn_transpose_16x16(rows, plane, block, valid, top);
+            if (2 * ty + 1 < out_h)
+                gatedrnn_transpose_16x16(rows + out_w, plane, block, valid, bottom);
+            else
+                for (int q = 0; q < 16; q++)
+                    bottom[q] = zero;
+            for (long k = 0; k < run; k++) {
+                __m512 g00 = top[2 * k], g01 = top[2 * k + 1], g10 = bottom[2 * k], g11 = bottom[2 * k + 1];
+                __m512 r[8];  /* A g: r[2 i + b] */
+                r[0] = g00; r[1] = g01;
+                r[2] = _mm512_add_ps(g00, g10); r[3] = _mm512_add_ps(g01, g11);
+                r[4] = _mm512_sub_ps(g00, g10); r[5] = _mm512_sub_ps(g01, g11);
+                r[6] = _mm512_sub_ps(zero, g10); r[7] = _mm512_sub_ps(zero, g11);
+                float* out = zt + (t + k) * 16 * ldz + o0;
+                for (int i = 0; i < 4; i++) {
+                    __m512 r0 = r[2 * i], r1 = r[2 * i + 1];
+                    _mm512_mask_storeu_ps(out + (4 * i) * ldz, lanes, r0);
+                    _mm512_mask_storeu_ps(out + (4 * i + 1) * ldz, lanes, _mm512_add_ps(r0, r1));
+                    _mm512_mask_storeu_ps(out + (4 * i + 2) * ldz, lanes, _mm512_sub_ps(r0, r1));
+                    _mm512_mask_storeu_ps(out + (4 * i + 3) * ldz, lanes, _mm512_sub_ps(zero, r1));
+                }
+            }
+        }
+        t += run;
+    }
+}
+
+/* grad_w[o, c] (3x3 at grad_w + o * o_stride + 9 c) = G^T S G for input channels c in
+   [0, rows) and output channels o in [0, channels), S_xi[c][o] = s[(xi * rows + c) * lds + o]
+   (16 output channels a vector, scattered to their kernels).
+       G^T S: rows S0 + (S1 + S2) / 2, (S1 - S2) / 2, (S1 + S2) / 2 + S3; then the same on columns. */
+static inline void gatedrnn_winograd_grad_weights(const float* s, long rows, long lds, long channels, float* grad_w,
+                                                  long o_stride) {
+    const __m512 half = _mm512_set1_ps(0.5f);
+    const __m512i offsets = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                               _mm512_set1_epi32((int) o_stride));
+    for (long c = 0; c < rows; c++) {
+        for (long o0 = 0; o0 < channels; o0 += 16) {
+            __mmask16 lanes = gatedrnn_mask16(channels - o0);
+            __m512 t[3][4];
+            for (int j = 0; j < 4; j++) {
+                __m512 s0 = _mm512_maskz_loadu_ps(lanes, s + ((0 + j) * rows + c) * lds + o0);
+                __m512 s1 = _mm512_maskz_loadu_ps(lanes, s + ((4 + j) * rows + c) * lds + o0);
+                __m512 s2 = _mm512_maskz_loadu_ps(lanes, s + ((8 + j) * rows + c) * lds + o0);
+                __m512 s3 = _mm512_maskz_loadu_ps(lanes, s + ((12 + j) * rows + c) * lds + o0);
+                __m512 sum = _mm512_mul_ps(half, _mm512_add_ps(s1, s2));
+                t[0][j] = _mm512_add_ps(s0, sum);
+                t[1][j] = _mm512_mul_ps(half, _mm512_sub_ps(s1, s2));
+                t[2][j] = _mm512_add_ps(sum, s3);
+            }
+            float* target = grad_w + o0 * o_stride + 9 * c;
+            for (int k = 0; k < 3; k++) {
+                __m512 sum = _mm512_mul_ps(half, _mm512_add_ps(t[k][1], t[k][2]));
+                _mm512_mask_i32scatter_ps(target + 3 * k, lanes, offsets, _mm512_add_ps(t[k][0], sum), 4);
+                _mm512_mask_i32scatter_ps(target + 3 * k + 1, lanes, offsets,
+                                          _mm512_mul_ps(half, _mm512_sub_ps(t[k][1], t[k][2])), 4);
+                _mm512_mask_i32scatter_ps(target + 3 * k + 2, lanes, offsets, _mm512_add_ps(sum, t[k][3]), 4);
+            }
+        }
+    }
+}
+
 #else  /* no AVX-512: conv.pyx never takes the Winograd path (the stubs keep it linking) */
 
 static inline void gatedrnn_winograd_weights(const float* g, long rows, float* u, long first, long last) {
@@ -227,6 +328,16 @@ static inline void gatedrnn_winograd_input(const float* x, long sample_stride, l
                                            long count, float* v, long ld) {
     (void) x; (void) sample_stride; (void) channels; (void) height; (void) width; (void) pad_top; (void) pad_left;
     (void) tiles_h; (void) tiles_w; (void) tile; (void) count; (void) v; (void) ld;
+}
+static inline void gatedrnn_winograd_grad_output(const float* gy, long sample_stride, long channels, long out_h,
+                                                 long out_w, long tiles_h, long tiles_w, long tile, long count,
+                                                 float* zt, long ldz) {
+    (void) gy; (void) sample_stride; (void) channels; (void) out_h; (void) out_w; (void) tiles_h; (void) tiles_w;
+    (void) tile; (void) count; (void) zt; (void) ldz;
+}
+static inline void gatedrnn_winograd_grad_weights(const float* s, long rows, long lds, long channels, float* grad_w,
+                                                  long o_stride) {
+    (void) s; (void) rows; (void) lds; (void) channels; (void) grad_w; (void) o_stride;
 }
 static inline void gatedrnn_winograd_output(const float* m, long ld, long count, long tile, long tiles_h,
                                             long tiles_w, float* y, long sample_stride, long out_h, long out_w,
