@@ -1,5 +1,5 @@
-/* Winograd F(2x2, 3x3) transforms for the float32 forward of a 3x3 stride-1 convolution
-   (cpu/conv.pyx, _winograd_forward), AVX-512, 16 tiles a vector.
+/* Winograd transforms for 3x3 convolutions in float32 (cpu/conv.pyx: _winograd_forward at
+   stride 1 and 2, _winograd_grad_weight at stride 1), AVX-512, 16 tiles or channels a vector.
 
    A 2x2 block of outputs ("tile") of one output channel reads a 4x4 patch d of each input
    channel; with g the channel's 3x3 weights,
@@ -17,12 +17,22 @@
    channel. Every coefficient is 0, +-1 or +-1/2 (exact in binary), so the rounding error stays
    within a few ulps of the direct sum's.
 
+   Stride 2 (gatedrnn_winograd_*_s2, 25 positions): a 2x2 tile reads a 5x5 patch. Along each
+   axis the outputs are y0 = w0 d0 + w1 d1 + w2 d2, y1 = w0 d2 + w1 d3 + w2 d4: the even taps
+   (w0, w2) on d0, d2, d4 are F(2, 2) (3 multiplies for 4), the odd tap w1 on d1, d3 stays direct
+   (2), so 5 positions an axis instead of 6:
+
+       d -> (d0 - d2, d2, d4 - d2, d1, d3),   w -> (w0, w0 + w2, w2, w1, w1),
+       y0 = m0 + m1 + m3,   y1 = m1 + m2 + m4,
+
+   25 multiply-adds a tile and channel pair instead of 36, all coefficients 0 or +-1.
+
    Layout: one thread's block of `count` tiles, tile t in lane t of a row of `ld` floats. The
-   patches come from im2col (a 4x4 "kernel" at stride 2 over the tile grid), channel c's 16
-   rows (xi = 4 i + j: row i, column j of the patch) at rows 16 c .. 16 c + 15; the input
-   transform overwrites them with B^T d B in the same places, so that the GEMM for xi reads its
-   operand B as rows xi, 16 + xi, 32 + xi, ... (row stride 16 ld). The GEMM results come back in
-   the same layout per output channel and the output transform writes y. */
+   input transform gathers each tile's patch from the input rows and writes B^T d B of channel c
+   as its 16 rows (xi = 4 i + j: row i, column j of the transformed tile) 16 c .. 16 c + 15, so
+   that the GEMM for xi reads its operand B as rows xi, 16 + xi, 32 + xi, ... (row stride 16 ld).
+   The GEMM results come back in the same layout per output channel and the output transform
+   writes y (25 rows a channel at stride 2). */
 #ifndef GATEDRNN_CONV_WINOGRAD_H
 #define GATEDRNN_CONV_WINOGRAD_H
 
@@ -45,6 +55,29 @@ static inline void gatedrnn_winograd_weights_scalar(const float* g, long rows, f
             u[(4 * i + 1) * rows + r] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
             u[(4 * i + 2) * rows + r] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
             u[(4 * i + 3) * rows + r] = t[i][2];
+        }
+    }
+}
+
+/* The stride-2 scheme's U (25 x rows: U[xi * rows + r], xi = 5 i + j) for the kernels of rows
+   [first, last): along each axis, the 3 taps (w0, w1, w2) become (w0, w0 + w2, w2, w1, w1). */
+static inline void gatedrnn_winograd_weights_s2_scalar(const float* g, long rows, float* u, long first, long last) {
+    for (long r = first; r < last; r++) {
+        const float* k = g + 9 * r;
+        float t[5][3];
+        for (int j = 0; j < 3; j++) {
+            t[0][j] = k[j];
+            t[1][j] = k[j] + k[6 + j];
+            t[2][j] = k[6 + j];
+            t[3][j] = k[3 + j];
+            t[4][j] = k[3 + j];
+        }
+        for (int i = 0; i < 5; i++) {
+            u[(5 * i + 0) * rows + r] = t[i][0];
+            u[(5 * i + 1) * rows + r] = t[i][0] + t[i][2];
+            u[(5 * i + 2) * rows + r] = t[i][2];
+            u[(5 * i + 3) * rows + r] = t[i][1];
+            u[(5 * i + 4) * rows + r] = t[i][1];
         }
     }
 }
@@ -163,14 +196,116 @@ static inline void gatedrnn_winograd_input(const float* x, long sample_stride, l
     }
 }
 
+/* gatedrnn_winograd_weights_s2_scalar 16 kernels a step (as gatedrnn_winograd_weights). */
+static inline void gatedrnn_winograd_weights_s2(const float* g, long rows, float* u, long first, long last) {
+    const __m512i stride = _mm512_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 99, 108, 117, 126, 135);
+    long r = first;
+    for (; r + 16 <= last; r += 16) {
+        const float* k = g + 9 * r;
+        __m512 t[5][3];
+        for (int j = 0; j < 3; j++) {
+            __m512 k0 = _mm512_i32gather_ps(stride, k + j, 4);
+            __m512 k1 = _mm512_i32gather_ps(stride, k + 3 + j, 4);
+            __m512 k2 = _mm512_i32gather_ps(stride, k + 6 + j, 4);
+            t[0][j] = k0;
+            t[1][j] = _mm512_add_ps(k0, k2);
+            t[2][j] = k2;
+            t[3][j] = k1;
+            t[4][j] = k1;
+        }
+        for (int i = 0; i < 5; i++) {
+            _mm512_storeu_ps(u + (5 * i + 0) * rows + r, t[i][0]);
+            _mm512_storeu_ps(u + (5 * i + 1) * rows + r, _mm512_add_ps(t[i][0], t[i][2]));
+            _mm512_storeu_ps(u + (5 * i + 2) * rows + r, t[i][2]);
+            _mm512_storeu_ps(u + (5 * i + 3) * rows + r, t[i][1]);
+            _mm512_storeu_ps(u + (5 * i + 4) * rows + r, t[i][1]);
+        }
+    }
+    gatedrnn_winograd_weights_s2_scalar(g, rows, u, r, last);
+}
+
+/* gatedrnn_winograd_input for the stride-2 scheme: tile (ty, tx)'s patch d is 5x5, from input
+   row 4 ty - pad_top, column 4 tx - pad_left (tiles 4 input columns apart, patches overlapping
+   by one); channel c's 25 rows at v + 25 c ld, V = B^T d B with, along each axis,
+   (d0, d1, d2, d3, d4) -> (d0 - d2, d2, d4 - d2, d1, d3). A patch row of 16 tiles is the 4 run + 1
+   values from its first column: four loads and two rounds of permutes split them by column
+   modulo 4 (columns 0, 1, 2, 3 of the patches), column 4 is column 0 one tile on. */
+static inline void gatedrnn_winograd_input_s2(const float* x, long sample_stride, long channels, long height,
+                                              long width, long pad_top, long pad_left, long tiles_h, long tiles_w,
+                                              long tile, long count, float* v, long ld) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    const __m512 zero = _mm512_setzero_ps();
+    long per_sample = tiles_h * tiles_w, plane = height * width;
+    long t = 0;
+    while (t < count) {
+        long flat = tile + t;
+        long n = flat / per_sample, position = flat - n * per_sample;
+        long ty = position / tiles_w, tx = position - ty * tiles_w;
+        long run = tiles_w - tx;
+        if (run > count - t)
+            run = count - t;
+        if (run > 16)
+            run = 16;
+        long first = 4 * tx - pad_left;
+        /* the values q = 0 .. 4 run of a patch row lie in the image for q in [low, high) */
+        long low = first < 0 ? -first : 0;
+        long high = width - first < 4 * run + 1 ? width - first : 4 * run + 1;
+        __mmask16 masks[5];
+        for (int l = 0; l < 5; l++)
+            masks[l] = gatedrnn_mask16(high - 16 * l) & (__mmask16) ~gatedrnn_mask16(low - 16 * l);
+        __mmask16 lanes = gatedrnn_mask16(run);
+        const float* sample = x + n * sample_stride;
+        for (long c = 0; c < channels; c++) {
+            const float* channel = sample + c * plane;
+            float* rows = v + 25 * c * ld + t;
+            __m512 h[5][5];  /* each input row of the patches transformed along the columns */
+            for (int i = 0; i < 5; i++) {
+                long row = 4 * ty - pad_top + i;
+                if (row < 0 || row >= height) {
+                    h[i][0] = h[i][1] = h[i][2] = h[i][3] = h[i][4] = zero;
+                    continue;
+                }
+                const float* source = channel + row * width + first;  /* masked: never read outside */
+                __m512 l0 = _mm512_maskz_loadu_ps(masks[0], source);
+                __m512 l1 = _mm512_maskz_loadu_ps(masks[1], source + 16);
+                __m512 l2 = _mm512_maskz_loadu_ps(masks[2], source + 32);
+                __m512 l3 = _mm512_maskz_loadu_ps(masks[3], source + 48);
+                __m512 l4 = _mm512_maskz_loadu_ps(masks[4], source + 64);
+                __m512 e01 = _mm512_permutex2var_ps(l0, even, l1), o01 = _mm512_permutex2var_ps(l0, odd, l1);
+                __m512 e23 = _mm512_permutex2var_ps(l2, even, l3), o23 = _mm512_permutex2var_ps(l2, odd, l3);
+                __m512 d0 = _mm512_permutex2var_ps(e01, even, e23);  /* q = 4 t */
+                __m512 d1 = _mm512_permutex2var_ps(o01, even, o23);  /* 4 t + 1 */
+                __m512 d2 = _mm512_permutex2var_ps(e01, odd, e23);   /* 4 t + 2 */
+                __m512 d3 = _mm512_permutex2var_ps(o01, odd, o23);   /* 4 t + 3 */
+                __m512 d4 = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(l4),
+                                                                    _mm512_castps_si512(d0), 1));  /* 4 t + 4 */
+                h[i][0] = _mm512_sub_ps(d0, d2);
+                h[i][1] = d2;
+                h[i][2] = _mm512_sub_ps(d4, d2);
+                h[i][3] = d1;
+                h[i][4] = d3;
+            }
+            for (int j = 0; j < 5; j++) {  /* along the rows */
+                _mm512_mask_storeu_ps(rows + j * ld, lanes, _mm512_sub_ps(h[0][j], h[2][j]));
+                _mm512_mask_storeu_ps(rows + (5 + j) * ld, lanes, h[2][j]);
+                _mm512_mask_storeu_ps(rows + (10 + j) * ld, lanes, _mm512_sub_ps(h[4][j], h[2][j]));
+                _mm512_mask_storeu_ps(rows + (15 + j) * ld, lanes, h[1][j]);
+                _mm512_mask_storeu_ps(rows + (20 + j) * ld, lanes, h[3][j]);
+            }
+        }
+        t += run;
+    }
+}
+
 /* One output channel's outputs for tiles [tile, tile + count) of the batch (sample-major,
-   tiles_h x tiles_w a sample): m holds its 16 transformed rows (row stride ld, lane t for tile
-   tile + t); y is the channel's plane in the sample of tile 0 (tile < tiles_h * tiles_w),
+   tiles_h x tiles_w a sample): m holds its `positions` transformed rows (16: stride 1, 25:
+   stride 2; row stride ld, lane t for tile tile + t); y is the channel's plane in the sample of tile 0 (tile < tiles_h * tiles_w),
    sample_stride floats between one sample's plane and the next's. Writes A^T m A + shift,
    clipped to the out_h x out_w image (the last tile row or column of an odd size is half used). */
-static inline void gatedrnn_winograd_output(const float* m, long ld, long count, long tile, long tiles_h,
-                                            long tiles_w, float* y, long sample_stride, long out_h, long out_w,
-                                            float shift) {
+static inline void gatedrnn_winograd_output(const float* m, long positions, long ld, long count, long tile,
+                                            long tiles_h, long tiles_w, float* y, long sample_stride, long out_h,
+                                            long out_w, float shift) {
     /* lanes 0..7 of a and b interleaved (a0 b0 a1 b1 ...), and lanes 8..15 */
     const __m512i low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
@@ -190,20 +325,33 @@ static inline void gatedrnn_winograd_output(const float* m, long ld, long count,
         if (run > 16)
             run = 16;
         __mmask16 mask = gatedrnn_mask16(run);
-        __m512 r[8];
-        for (int j = 0; j < 4; j++) {  /* A^T m: the patch's 4 rows to 2 */
+        __m512 r[10];  /* A^T m: the transformed tile's rows to 2, r[side * a + j] */
+        long side = positions == 25 ? 5 : 4;
+        for (int j = 0; j < side; j++) {
             __m512 m0 = _mm512_maskz_loadu_ps(mask, m + j * ld + t);
-            __m512 m1 = _mm512_maskz_loadu_ps(mask, m + (4 + j) * ld + t);
-            __m512 m2 = _mm512_maskz_loadu_ps(mask, m + (8 + j) * ld + t);
-            __m512 m3 = _mm512_maskz_loadu_ps(mask, m + (12 + j) * ld + t);
-            r[j] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
-            r[4 + j] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+            __m512 m1 = _mm512_maskz_loadu_ps(mask, m + (side + j) * ld + t);
+            __m512 m2 = _mm512_maskz_loadu_ps(mask, m + (2 * side + j) * ld + t);
+            __m512 m3 = _mm512_maskz_loadu_ps(mask, m + (3 * side + j) * ld + t);
+            if (side == 4) {
+                r[j] = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+                r[4 + j] = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+            } else {  /* stride 2: rows m0 + m1 + m3 and m1 + m2 + m4 */
+                __m512 m4 = _mm512_maskz_loadu_ps(mask, m + (4 * side + j) * ld + t);
+                r[j] = _mm512_add_ps(_mm512_add_ps(m0, m1), m3);
+                r[5 + j] = _mm512_add_ps(_mm512_add_ps(m1, m2), m4);
+            }
         }
         long columns = out_w - 2 * tx;  /* output columns left in the image from this run's first */
-        for (int a = 0; a < 2 && 2 * ty + a < out_h; a++) {  /* (A^T m) A: 4 columns to 2 */
-            const __m512* q = r + 4 * a;
-            __m512 left = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(q[0], q[1]), q[2]), bias);
-            __m512 right = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(q[1], q[2]), q[3]), bias);
+        for (int a = 0; a < 2 && 2 * ty + a < out_h; a++) {  /* (A^T m) A: the columns to 2 */
+            const __m512* q = r + side * a;
+            __m512 left, right;
+            if (side == 4) {
+                left = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(q[0], q[1]), q[2]), bias);
+                right = _mm512_add_ps(_mm512_sub_ps(_mm512_sub_ps(q[1], q[2]), q[3]), bias);
+            } else {
+                left = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(q[0], q[1]), q[3]), bias);
+                right = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(q[1], q[2]), q[4]), bias);
+            }
             float* row = y + (2 * ty + a) * out_w + 2 * tx;
             long width = 2 * run < columns ? 2 * run : columns;
             _mm512_mask_storeu_ps(row, gatedrnn_mask16(width), _mm512_permutex2var_ps(left, low, right));
@@ -322,6 +470,15 @@ static inline void gatedrnn_winograd_grad_weights(const float* s, long rows, lon
 static inline void gatedrnn_winograd_weights(const float* g, long rows, float* u, long first, long last) {
     gatedrnn_winograd_weights_scalar(g, rows, u, first, last);
 }
+static inline void gatedrnn_winograd_weights_s2(const float* g, long rows, float* u, long first, long last) {
+    gatedrnn_winograd_weights_s2_scalar(g, rows, u, first, last);
+}
+static inline void gatedrnn_winograd_input_s2(const float* x, long sample_stride, long channels, long height,
+                                              long width, long pad_top, long pad_left, long tiles_h, long tiles_w,
+                                              long tile, long count, float* v, long ld) {
+    (void) x; (void) sample_stride; (void) channels; (void) height; (void) width; (void) pad_top; (void) pad_left;
+    (void) tiles_h; (void) tiles_w; (void) tile; (void) count; (void) v; (void) ld;
+}
 
 static inline void gatedrnn_winograd_input(const float* x, long sample_stride, long channels, long height, long width,
                                            long pad_top, long pad_left, long tiles_h, long tiles_w, long tile,
@@ -339,10 +496,10 @@ static inline void gatedrnn_winograd_grad_weights(const float* s, long rows, lon
                                                   long o_stride) {
     (void) s; (void) rows; (void) lds; (void) channels; (void) grad_w; (void) o_stride;
 }
-static inline void gatedrnn_winograd_output(const float* m, long ld, long count, long tile, long tiles_h,
-                                            long tiles_w, float* y, long sample_stride, long out_h, long out_w,
-                                            float shift) {
-    (void) m; (void) ld; (void) count; (void) tile; (void) tiles_h; (void) tiles_w; (void) y;
+static inline void gatedrnn_winograd_output(const float* m, long positions, long ld, long count, long tile,
+                                            long tiles_h, long tiles_w, float* y, long sample_stride, long out_h,
+                                            long out_w, float shift) {
+    (void) m; (void) positions; (void) ld; (void) count; (void) tile; (void) tiles_h; (void) tiles_w; (void) y;
     (void) sample_stride; (void) out_h; (void) out_w; (void) shift;
 }
 #endif

@@ -18,9 +18,11 @@ AVX-512, calls BLAS (cython_blas, single-threaded inside our threads). On the ke
 - the forward of a 3x3 stride-1 layer (and its input gradient, which runs as a forward on the
   flipped weights: _flipped_input_gradient) runs Winograd F(2x2, 3x3) (_winograd_forward, _conv_winograd.h): 16
   multiply-adds per 2x2 output tile and channel pair instead of 36, as 16 GEMMs over
-  transformed weights and input patches (ResNet-18's 3x3 layers, 2 threads: 1.3-1.9x the
+  transformed weights and input patches (ResNet-18's 3x3 layers, 2 threads: 1.1-1.9x the
   direct forward's speed); so does its weight gradient, the transposed scheme
-  (_winograd_grad_weight: 16 GEMMs reducing over the tiles; 1.2-2.0x);
+  (_winograd_grad_weight: 16 GEMMs reducing over the tiles; 1.2-2.0x). At stride 2 the forward
+  runs a 25-position form (1.27-1.29x on ResNet-18's 56 and 28 inputs) where the tiles fit the
+  output;
 - other forward tiles run over the whole batch's pixels (sample-major) and may span samples (the 7x7
   outputs of a ResNet's last stage are 49 pixels a sample: 392 a batch fill whole blocks), the
   GEMM then writing to a buffer scattered to each sample; on such small images with padding,
@@ -88,9 +90,15 @@ cdef extern from "_conv_winograd.h" nogil:
                                                               long tile, long count, float* zt, long ldz)
     void winograd_grad_weights "gatedrnn_winograd_grad_weights"(const float* s, long rows, long lds, long channels,
                                                                 float* grad_w, long o_stride)
-    void winograd_output "gatedrnn_winograd_output"(const float* m, long ld, long count, long tile, long tiles_h,
-                                                    long tiles_w, float* y, long sample_stride, long out_h,
-                                                    long out_w, float shift)
+    void winograd_output "gatedrnn_winograd_output"(const float* m, long positions, long ld, long count, long tile,
+                                                    long tiles_h, long tiles_w, float* y, long sample_stride,
+                                                    long out_h, long out_w, float shift)
+    void winograd_weights_s2 "gatedrnn_winograd_weights_s2"(const float* g, long rows, float* u, long first,
+                                                            long last)
+    void winograd_input_s2 "gatedrnn_winograd_input_s2"(const float* x, long sample_stride, long channels,
+                                                        long height, long width, long pad_top, long pad_left,
+                                                        long tiles_h, long tiles_w, long tile, long count, float* v,
+                                                        long ld)
 
 
 cdef inline void _matmul(bint trans_a, long m, long n, long k, const floating* a, long lda,
@@ -612,23 +620,40 @@ def set_row_bands(bint enabled):
     return previous
 
 
-cdef bint _winograd_applies(const Geometry* g) noexcept nogil:
-    """Whether the float32 forward of this geometry runs :func:`_winograd_forward`: a 3x3
-    stride-1 undilated convolution on the register kernel with at least WINOGRAD_MIN_CHANNELS
-    input channels (below that the transforms cost more than the GEMM saves) and WINOGRAD_MIN_OUT
-    output channels a group."""
-    return (CONV_AVX512 and WINOGRAD and g.kernel_h == 3 and g.kernel_w == 3 and g.stride_h == 1
-            and g.stride_w == 1 and g.dilation_h == 1 and g.dilation_w == 1
-            and g.group_channels >= WINOGRAD_MIN_CHANNELS and g.group_out >= WINOGRAD_MIN_OUT)
+cdef Py_ssize_t _winograd_positions(const Geometry* g) noexcept nogil:
+    """The float32 forward of this geometry runs :func:`_winograd_forward` with this many
+    transformed positions a tile: 16 (F(2x2, 3x3)) for a 3x3 stride-1 undilated convolution,
+    25 for stride 2 (_conv_winograd.h); 0: not at all. On the register kernel, with at least
+    WINOGRAD_MIN_CHANNELS input channels (below that the transforms cost more than the GEMM saves)
+    and WINOGRAD_MIN_OUT output channels a group."""
+    if not (CONV_AVX512 and WINOGRAD and g.kernel_h == 3 and g.kernel_w == 3 and g.dilation_h == 1
+            and g.dilation_w == 1 and g.group_channels >= WINOGRAD_MIN_CHANNELS
+            and g.group_out >= WINOGRAD_MIN_OUT):
+        return 0
+    if g.stride_h == 1 and g.stride_w == 1:
+        return 16
+    # Stride 2 saves less (25 multiply-adds a tile and channel pair instead of 36, against 16 at
+    # stride 1), so not where the tiles' unused outputs or the transformed weights eat it: only
+    # where the 2x2 tiles cover the output within 10% and the batch has 128 tiles. Measured,
+    # Winograd / direct time, batch 8, 2 threads: 64 -> 128 @56 0.78, 128 -> 256 @28 0.79,
+    # 256 -> 256 @28 0.79, 64 -> 64 @28 0.67, 16 -> 16 @56 0.77, 16 -> 32 @56 1.04; but 7x7
+    # outputs (4x4 tiles: 31% unused) 256 -> 512 @14 1.4, and at batch 1 128 -> 256 @28 (49
+    # tiles) 1.13, 64 -> 128 @56 (196) 0.97.
+    cdef Py_ssize_t tiles = ((g.out_height + 1) // 2) * ((g.out_width + 1) // 2)
+    if (g.stride_h == 2 and g.stride_w == 2 and 40 * tiles <= 11 * g.out_height * g.out_width
+            and g.batch * tiles >= 128):
+        return 25
+    return 0
 
 
 def forward_winograd(Py_ssize_t batch, Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
                      Py_ssize_t out_channels, Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t out_height,
                      Py_ssize_t out_width, int sh, int sw, int pt, int pl, int dh, int dw, int groups):
-    """Whether the float32 forward of this geometry runs the Winograd F(2x2, 3x3) path. For tests."""
+    """How many transformed positions a tile the float32 forward of this geometry runs Winograd
+    with (16: F(2x2, 3x3), 25: its stride-2 form), 0 where it does not. For tests."""
     cdef Geometry g = _geometry(batch, channels, height, width, out_channels, kernel_h, kernel_w, out_height,
                                 out_width, sh, sw, pt, pl, dh, dw, groups)
-    return bool(_winograd_applies(&g))
+    return _winograd_positions(&g)
 
 
 def set_winograd(bint enabled):
@@ -640,37 +665,54 @@ def set_winograd(bint enabled):
     return previous
 
 
+cdef inline void _winograd_weights(Py_ssize_t positions, const float* w, Py_ssize_t rows, float* u,
+                                   Py_ssize_t first, Py_ssize_t last) noexcept nogil:
+    """U for the kernels of rows [first, last): the stride-1 (16 positions) or stride-2 (25) scheme."""
+    if positions == 16:
+        winograd_weights(w, rows, u, first, last)
+    else:
+        winograd_weights_s2(w, rows, u, first, last)
+
+
 cdef void _winograd_block(const Geometry* g, const float* x, const float* u, const float* bias, float* y,
                           Py_ssize_t group, Py_ssize_t o0, Py_ssize_t o1, Py_ssize_t flat, Py_ssize_t count,
                           float* v, float* m, Py_ssize_t ld) noexcept nogil:
     """Output channels [o0, o1) of group ``group`` for tiles [flat, flat + count) of the batch:
-    transform the tiles' input patches into v (16 Cg rows), 16 GEMMs M_xi = U_xi @ V_xi into m
-    (16 (o1 - o0) rows) on the register kernel, then each channel's 2x2 outputs into y."""
+    transform the tiles' input patches into v (P Cg rows, P = 16 or 25 positions: stride 1 or 2),
+    P GEMMs M_xi = U_xi @ V_xi into m (P (o1 - o0) rows) on the register kernel, then each
+    channel's 2x2 outputs into y."""
     cdef Py_ssize_t tiles_h = (g.out_height + 1) // 2, tiles_w = (g.out_width + 1) // 2
     cdef Py_ssize_t per_sample = tiles_h * tiles_w
     cdef Py_ssize_t plane = g.height * g.width
     cdef Py_ssize_t rows = g.out_channels * g.group_channels
     cdef Py_ssize_t sample = flat // per_sample
     cdef Py_ssize_t xi, o, channel
-    winograd_input(x + group * g.group_channels * plane, g.channels * plane, g.group_channels, g.height, g.width,
-                   g.pad_top, g.pad_left, tiles_h, tiles_w, flat, count, v, ld)
-    for xi in range(16):
+    cdef Py_ssize_t positions = 16 if g.stride_h == 1 else 25
+    if positions == 16:
+        winograd_input(x + group * g.group_channels * plane, g.channels * plane, g.group_channels, g.height,
+                       g.width, g.pad_top, g.pad_left, tiles_h, tiles_w, flat, count, v, ld)
+    else:
+        winograd_input_s2(x + group * g.group_channels * plane, g.channels * plane, g.group_channels, g.height,
+                          g.width, g.pad_top, g.pad_left, tiles_h, tiles_w, flat, count, v, ld)
+    for xi in range(positions):
         conv_sgemm(o1 - o0, count, g.group_channels, u + xi * rows + (group * g.group_out + o0) * g.group_channels,
-                   g.group_channels, 1, v + xi * ld, 16 * ld, m + xi * ld, 16 * ld, 0)
+                   g.group_channels, 1, v + xi * ld, positions * ld, m + xi * ld, positions * ld, 0)
     for o in range(o0, o1):
         channel = group * g.group_out + o
-        winograd_output(m + 16 * (o - o0) * ld, ld, count, flat - sample * per_sample, tiles_h, tiles_w,
+        winograd_output(m + positions * (o - o0) * ld, positions, ld, count, flat - sample * per_sample, tiles_h,
+                        tiles_w,
                         y + (sample * g.out_channels + channel) * g.pixels, g.out_channels * g.pixels,
                         g.out_height, g.out_width, bias[channel] if bias != NULL else 0)
 
 
 cdef int _winograd_forward(const Geometry* g, const float* x, const float* w, const float* bias, float* y,
                            int num_threads) except -1:
-    """The forward of a 3x3 stride-1 convolution by Winograd F(2x2, 3x3) (_conv_winograd.h):
-    2x2 output tiles, 16 multiply-adds a tile and input channel instead of 36.
+    """The forward of a 3x3 convolution by Winograd (_conv_winograd.h): 2x2 output tiles, per
+    tile and channel pair 16 multiply-adds instead of 36 at stride 1 (F(2x2, 3x3)), 25 at stride
+    2 (the even taps of each axis as F(2, 2), the odd one direct).
 
-    The weights are transformed into U (16 x C_out x Cg: one Og x Cg matrix per element xi of
-    the 4x4 transformed tile and group), then tiles (sample-major over the batch) are taken in
+    The weights are transformed into U (P x C_out x Cg, P = 16 or 25 positions: one Og x Cg
+    matrix per position xi of the transformed tile and group), then tiles (sample-major over the batch) are taken in
     blocks of ``block``: :func:`_winograd_block`. The threads split either the (group, tile)
     columns (equal shares rounded to PANEL tiles; U transformed by all threads first), or, with
     under two PANELs of tiles a thread (one group), the output channels: each thread transforms
@@ -684,7 +726,8 @@ cdef int _winograd_forward(const Geometry* g, const float* x, const float* w, co
     cdef Py_ssize_t total = g.batch * per_sample
     cdef Py_ssize_t work = g.groups * total
     cdef bint by_channels = g.groups == 1 and total < 2 * PANEL * num_threads
-    cdef Py_ssize_t block = WINOGRAD_BUDGET // (16 * (g.group_channels + g.group_out))
+    cdef Py_ssize_t positions = _winograd_positions(g)
+    cdef Py_ssize_t block = WINOGRAD_BUDGET // (positions * (g.group_channels + g.group_out))
     block = (block + PANEL // 2) // PANEL * PANEL
     if block < PANEL:
         block = PANEL
@@ -693,14 +736,14 @@ cdef int _winograd_forward(const Geometry* g, const float* x, const float* w, co
     if block > total:
         block = total
     cdef Py_ssize_t ld = _round_up(block, 16)
-    cdef Py_ssize_t v_size = 16 * g.group_channels * ld
-    cdef Py_ssize_t per_thread = v_size + 16 * g.group_out * ld
+    cdef Py_ssize_t v_size = positions * g.group_channels * ld
+    cdef Py_ssize_t per_thread = v_size + positions * g.group_out * ld
     cdef Py_ssize_t rows = g.out_channels * g.group_channels  # 3x3 kernels
     cdef Py_ssize_t chunk, chunks = (rows + 255) // 256
     cdef Py_ssize_t thread, threads, position, end, group, flat, count, o0, o1
     cdef float* v
     cdef float* m
-    cdef float* u = <float*> malloc(16 * rows * sizeof(float))
+    cdef float* u = <float*> malloc(positions * rows * sizeof(float))
     if u == NULL:
         raise MemoryError("conv2d_forward: could not allocate the transformed weights")
     cdef float* allocation = <float*> malloc(num_threads * per_thread * sizeof(float) + 64)
@@ -712,7 +755,7 @@ cdef int _winograd_forward(const Geometry* g, const float* x, const float* w, co
         with nogil:
             if not by_channels:
                 for chunk in prange(chunks, schedule="static", num_threads=num_threads):
-                    winograd_weights(w, rows, u, chunk * 256, min(chunk * 256 + 256, rows))
+                    _winograd_weights(positions, w, rows, u, chunk * 256, min(chunk * 256 + 256, rows))
             with parallel(num_threads=num_threads):
                 thread = openmp.omp_get_thread_num()
                 threads = openmp.omp_get_num_threads()
@@ -725,7 +768,7 @@ cdef int _winograd_forward(const Geometry* g, const float* x, const float* w, co
                     if thread == threads - 1:
                         o1 = g.out_channels
                     if o0 < o1:
-                        winograd_weights(w, rows, u, o0 * g.group_channels, o1 * g.group_channels)
+                        _winograd_weights(positions, w, rows, u, o0 * g.group_channels, o1 * g.group_channels)
                         position = 0
                         while position < total:
                             count = total - position
@@ -842,7 +885,7 @@ cdef int _forward(const Geometry* geometry, const floating* x, const floating* w
     gradient runs it too, on grad_y and the flipped weights); bias may be NULL (none)."""
     cdef Geometry g = geometry[0]
     if floating is float:
-        if _winograd_applies(&g) and g.batch * g.pixels > 0:
+        if _winograd_positions(&g) > 0 and g.batch * g.pixels > 0:
             return _winograd_forward(&g, x, w, bias, y, max(num_threads, 1))
     cdef Py_ssize_t total = g.batch * g.pixels
     cdef Py_ssize_t work = g.groups * total
@@ -1357,7 +1400,7 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_y, const floating[:, :, :,
     if num_threads < 1:
         num_threads = 1
     if floating is float:
-        if need_weight and _winograd_applies(&g) and g.batch > 0:
+        if need_weight and _winograd_positions(&g) == 16 and g.batch > 0:
             _winograd_grad_weight(&g, &grad_y[0, 0, 0, 0], &x[0, 0, 0, 0], &grad_w_flat[0], num_threads)
             need_weight = False
     cdef Py_ssize_t tiles = (g.pixels + g.tile - 1) // g.tile
@@ -1577,4 +1620,3 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_y, const floating[:, :, :,
     with nogil:
         for o in prange(g.out_channels, schedule="static", num_threads=num_threads):
             grad_b[o] = _channel_sum(&grad_y[0, 0, 0, 0], o, g.batch, g.out_channels, g.pixels)
-

@@ -197,8 +197,10 @@ def test_row_bands_match_torch_and_the_plain_forward(name):
 
 
 def test_winograd_plan():
-    """Which float32 forwards run Winograd F(2x2, 3x3): 3x3, stride 1, no dilation, at least 16
-    input and 8 output channels a group, on the register kernel only."""
+    """Which float32 forwards run Winograd, with how many transformed positions a tile: 3x3, no
+    dilation, at least 16 input and 8 output channels a group, on the register kernel only; 16
+    (F(2x2, 3x3)) at stride 1, 25 at stride 2 where the 2x2 tiles cover the output within 10%
+    and the batch has 128 tiles."""
     extension = conv_ops.cpu_module("conv")
 
     def plan(batch, channels, size, out_channels, kernel=3, stride=1, padding=1, dilation=1, groups=1):
@@ -207,62 +209,74 @@ def test_winograd_plan():
                                           stride, stride, padding, padding, dilation, dilation, groups)
 
     kernel_path = extension.REGISTER_KERNEL
-    assert plan(8, 64, 56, 64) == kernel_path
-    assert plan(1, 16, 1, 8, padding=2) == kernel_path
-    assert plan(2, 32, 9, 16, groups=2) == kernel_path   # 16 input channels a group
-    assert not plan(2, 30, 9, 16, groups=2)              # 15
-    assert not plan(8, 8, 56, 64)                        # too few input channels
-    assert not plan(8, 64, 56, 4)                        # fewer output channels than a register block
-    assert not plan(8, 64, 56, 64, stride=2)
-    assert not plan(8, 64, 56, 64, dilation=2, padding=2)
-    assert not plan(8, 64, 56, 64, kernel=5, padding=2)
-    assert not plan(8, 64, 56, 64, kernel=1, padding=0)
+    assert plan(8, 64, 56, 64) == (16 if kernel_path else 0)
+    assert plan(1, 16, 1, 8, padding=2) == (16 if kernel_path else 0)
+    assert plan(2, 32, 9, 16, groups=2) == (16 if kernel_path else 0)  # 16 input channels a group
+    assert plan(8, 64, 56, 128, stride=2) == (25 if kernel_path else 0)  # 28x28 outputs
+    assert plan(1, 64, 56, 128, stride=2) == (25 if kernel_path else 0)  # 196 tiles
+    assert plan(8, 256, 14, 512, stride=2) == 0    # 7x7 outputs: 4x4 tiles, 31% unused
+    assert plan(1, 128, 28, 256, stride=2) == 0    # 49 tiles
+    assert plan(2, 30, 9, 16, groups=2) == 0       # 15 input channels a group
+    assert plan(8, 8, 56, 64) == 0                 # too few input channels
+    assert plan(8, 64, 56, 4) == 0                 # fewer output channels than a register block
+    assert plan(8, 64, 56, 64, stride=3) == 0
+    assert plan(8, 64, 56, 64, dilation=2, padding=2) == 0
+    assert plan(8, 64, 56, 64, kernel=5, padding=2) == 0
+    assert plan(8, 64, 56, 64, kernel=1, padding=0) == 0
     previous = extension.set_winograd(False)
     try:
-        assert not plan(8, 64, 56, 64)
+        assert plan(8, 64, 56, 64) == 0 and plan(8, 64, 56, 128, stride=2) == 0
     finally:
         extension.set_winograd(previous)
 
 
-# (batch, in_channels, height, width, out_channels, padding (h, w), groups); 3x3, stride 1
+# (batch, in_channels, height, width, out_channels, padding (h, w), groups, stride); 3x3
 WINOGRAD_GEOMETRIES = {
     # odd output sizes (9 x 11): the last tile row and column half used
-    "odd-sizes": (2, 20, 9, 11, 24, (1, 1), 1),
+    "odd-sizes": (2, 20, 9, 11, 24, (1, 1), 1, 1),
     # no padding (6 x 5 outputs) and padding 2 (7 x 8 from 5 x 6), and different per axis
-    "valid": (3, 16, 8, 7, 16, (0, 0), 1),
-    "padding-2": (2, 16, 5, 6, 8, (2, 2), 1),
-    "padding-1-2": (2, 17, 6, 9, 12, (1, 2), 1),
+    "valid": (3, 16, 8, 7, 16, (0, 0), 1, 1),
+    "padding-2": (2, 16, 5, 6, 8, (2, 2), 1, 1),
+    "padding-1-2": (2, 17, 6, 9, 12, (1, 2), 1, 1),
     # two groups of 16 input and 24 output channels
-    "groups": (2, 32, 9, 9, 48, (1, 1), 2),
+    "groups": (2, 32, 9, 9, 48, (1, 1), 2, 1),
     # one output pixel a sample (a tile with one used output)
-    "one-pixel": (3, 16, 1, 1, 8, (1, 1), 1),
+    "one-pixel": (3, 16, 1, 1, 8, (1, 1), 1, 1),
     # 16 tiles in all: the threads split the output channels (40: 24 + 16 on 2 threads)
-    "channel-split": (1, 24, 7, 7, 40, (1, 1), 1),
+    "channel-split": (1, 24, 7, 7, 40, (1, 1), 1, 1),
     # 400 tiles (100 a sample): forward blocks of 96 tiles and weight-gradient blocks of 128
     # that start and end inside samples; 20 output channels (a 16 + 4 vector step in Z)
-    "blocks-span-samples": (4, 64, 20, 20, 20, (1, 1), 1),
+    "blocks-span-samples": (4, 64, 20, 20, 20, (1, 1), 1, 1),
     # tile rows of 19 tiles (16 + 3 in the vector steps), odd width 37, 380 tiles
-    "wide-rows": (1, 16, 40, 37, 8, (1, 1), 1),
+    "wide-rows": (1, 16, 40, 37, 8, (1, 1), 1, 1),
+    # stride 2 (5x5 patches 4 input columns apart): 20 x 20 outputs from 40 x 39 (the last
+    # patch column past the image), 10-tile rows, 400 tiles; and 2 groups at padding 0, 36 x 36
+    # outputs from 73 (18-tile rows: 16 + 2), 3 x 324 tiles
+    "stride2": (4, 24, 40, 39, 16, (1, 1), 1, 2),
+    "stride2-groups-valid": (3, 32, 73, 73, 16, (0, 0), 2, 2),
+    # stride 2, padding 2 / 0 per axis, odd input sizes: 18 x 16 outputs of 33 x 34
+    "stride2-padding-2-0": (2, 16, 33, 34, 8, (2, 0), 1, 2),
 }
 
 
 @pytest.mark.parametrize("name", list(WINOGRAD_GEOMETRIES))
 def test_winograd_matches_torch_and_the_direct_forward(name):
-    """The Winograd forward and weight gradient against torch (float64) and against the same
-    call without them, forward and every gradient (the stride-1 input gradient runs the forward
-    on the flipped weights where the batch has 256 input pixels), and the same bits on 1, 2 and
-    3 threads (on 3, the weight gradient's thread shares of 32 input channels in two groups are
+    """The Winograd forward (stride 1 and 2) and weight gradient (stride 1) against torch
+    (float64) and against the same call without them, forward and every gradient (the stride-1
+    input gradient runs the forward on the flipped weights where the batch has 256 input
+    pixels), and the same bits on 1, 2 and 3 threads (on 3, the weight gradient's thread shares of 32 input channels in two groups are
     8 / 16 / 8 rows: the middle one spans both groups)."""
     extension = conv_ops.cpu_module("conv")
-    batch, c_in, height, width, c_out, padding, groups = WINOGRAD_GEOMETRIES[name]
-    assert extension.forward_winograd(
-        batch, c_in, height, width, c_out, 3, 3, height + 2 * padding[0] - 2, width + 2 * padding[1] - 2,
-        1, 1, padding[0], padding[1], 1, 1, groups) == extension.REGISTER_KERNEL
+    batch, c_in, height, width, c_out, padding, groups, stride = WINOGRAD_GEOMETRIES[name]
+    out_height, out_width = (height + 2 * padding[0] - 3) // stride + 1, (width + 2 * padding[1] - 3) // stride + 1
+    positions = extension.forward_winograd(batch, c_in, height, width, c_out, 3, 3, out_height, out_width,
+                                           stride, stride, padding[0], padding[1], 1, 1, groups)
+    assert positions == ((16 if stride == 1 else 25) if extension.REGISTER_KERNEL else 0)
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(batch, c_in, height, width, generator=generator, dtype=torch.float64)
     w = torch.randn(c_out, c_in // groups, 3, 3, generator=generator, dtype=torch.float64)
     b = torch.randn(c_out, generator=generator, dtype=torch.float64)
-    options = dict(padding=padding, groups=groups)
+    options = dict(stride=stride, padding=padding, groups=groups)
     leaves64 = [t.clone().requires_grad_() for t in (x, w, b)]
     y64 = F.conv2d(*leaves64, **options)
     grad_y = torch.randn(y64.shape, generator=generator, dtype=torch.float64)
@@ -291,7 +305,10 @@ def test_winograd_matches_torch_and_the_direct_forward(name):
         assert float((a.double() - e).abs().max()) <= 1e-4 * float(e.abs().max()), label
     if extension.REGISTER_KERNEL:
         for run in runs[1:]:
-            assert all(torch.equal(a, b) for a, b in zip(run[:3], runs[0][:3]))
+            # y and grad_x; grad_w where Winograd computes it (stride 1: the direct weight
+            # gradient's per-thread partial sums depend on the thread count)
+            compared = 3 if stride == 1 else 2
+            assert all(torch.equal(a, b) for a, b in zip(run[:compared], runs[0][:compared]))
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
