@@ -372,7 +372,8 @@ static inline void gatedrnn_winograd_output(const float* m, long positions, long
    d_t[c] its 4x4 input patch: 16 GEMMs S_xi (Cg x Og) += V_xi (Cg x tiles) @ Z_xi^T (tiles x Og)
    reducing over the tiles, so Z^T has to be laid out with the output channels contiguous. */
 
-/* zt (row 16 t + xi, columns [0, channels), row stride ldz) = A g_t A^T for tiles
+/* zt (row P t + xi, P = `positions`: 16 at stride 1, 25 at stride 2; columns [0, channels),
+   row stride ldz) = A g_t A^T for tiles
    [tile, tile + count) of the batch (sample-major, tiles_h x tiles_w a sample), with lane o the
    output channel: gy is the first channel's plane in sample 0 (planes out_h x out_w,
    sample_stride floats between samples). Runs of up to 8 tiles of a tile row: the 16 output
@@ -380,9 +381,9 @@ static inline void gatedrnn_winograd_output(const float* m, long positions, long
    values a tile and channel: a quarter of transposing the 16 of Z itself), then Z for 16
    channels a vector.
        A g: rows g0, g0 + g1, g0 - g1, -g1;   (A g) A^T: columns r0, r0 + r1, r0 - r1, -r1. */
-static inline void gatedrnn_winograd_grad_output(const float* gy, long sample_stride, long channels, long out_h,
-                                                 long out_w, long tiles_h, long tiles_w, long tile, long count,
-                                                 float* zt, long ldz) {
+static inline void gatedrnn_winograd_grad_output(const float* gy, long positions, long sample_stride, long channels,
+                                                 long out_h, long out_w, long tiles_h, long tiles_w, long tile,
+                                                 long count, float* zt, long ldz) {
     const __m512 zero = _mm512_setzero_ps();
     long per_sample = tiles_h * tiles_w, plane = out_h * out_w;
     long t = 0;
@@ -411,18 +412,34 @@ static inline void gatedrnn_winograd_grad_output(const float* gy, long sample_st
                     bottom[q] = zero;
             for (long k = 0; k < run; k++) {
                 __m512 g00 = top[2 * k], g01 = top[2 * k + 1], g10 = bottom[2 * k], g11 = bottom[2 * k + 1];
-                __m512 r[8];  /* A g: r[2 i + b] */
-                r[0] = g00; r[1] = g01;
-                r[2] = _mm512_add_ps(g00, g10); r[3] = _mm512_add_ps(g01, g11);
-                r[4] = _mm512_sub_ps(g00, g10); r[5] = _mm512_sub_ps(g01, g11);
-                r[6] = _mm512_sub_ps(zero, g10); r[7] = _mm512_sub_ps(zero, g11);
-                float* out = zt + (t + k) * 16 * ldz + o0;
-                for (int i = 0; i < 4; i++) {
-                    __m512 r0 = r[2 * i], r1 = r[2 * i + 1];
-                    _mm512_mask_storeu_ps(out + (4 * i) * ldz, lanes, r0);
-                    _mm512_mask_storeu_ps(out + (4 * i + 1) * ldz, lanes, _mm512_add_ps(r0, r1));
-                    _mm512_mask_storeu_ps(out + (4 * i + 2) * ldz, lanes, _mm512_sub_ps(r0, r1));
-                    _mm512_mask_storeu_ps(out + (4 * i + 3) * ldz, lanes, _mm512_sub_ps(zero, r1));
+                __m512 r[10];  /* A g: r[2 i + b] */
+                float* out = zt + (t + k) * positions * ldz + o0;
+                if (positions == 16) {
+                    r[0] = g00; r[1] = g01;
+                    r[2] = _mm512_add_ps(g00, g10); r[3] = _mm512_add_ps(g01, g11);
+                    r[4] = _mm512_sub_ps(g00, g10); r[5] = _mm512_sub_ps(g01, g11);
+                    r[6] = _mm512_sub_ps(zero, g10); r[7] = _mm512_sub_ps(zero, g11);
+                    for (int i = 0; i < 4; i++) {
+                        __m512 r0 = r[2 * i], r1 = r[2 * i + 1];
+                        _mm512_mask_storeu_ps(out + (4 * i) * ldz, lanes, r0);
+                        _mm512_mask_storeu_ps(out + (4 * i + 1) * ldz, lanes, _mm512_add_ps(r0, r1));
+                        _mm512_mask_storeu_ps(out + (4 * i + 2) * ldz, lanes, _mm512_sub_ps(r0, r1));
+                        _mm512_mask_storeu_ps(out + (4 * i + 3) * ldz, lanes, _mm512_sub_ps(zero, r1));
+                    }
+                } else {  /* stride 2, along each axis (g0, g1) -> (g0, g0 + g1, g1, g0, g1) */
+                    r[0] = g00; r[1] = g01;
+                    r[2] = _mm512_add_ps(g00, g10); r[3] = _mm512_add_ps(g01, g11);
+                    r[4] = g10; r[5] = g11;
+                    r[6] = g00; r[7] = g01;
+                    r[8] = g10; r[9] = g11;
+                    for (int i = 0; i < 5; i++) {
+                        __m512 r0 = r[2 * i], r1 = r[2 * i + 1];
+                        _mm512_mask_storeu_ps(out + (5 * i) * ldz, lanes, r0);
+                        _mm512_mask_storeu_ps(out + (5 * i + 1) * ldz, lanes, _mm512_add_ps(r0, r1));
+                        _mm512_mask_storeu_ps(out + (5 * i + 2) * ldz, lanes, r1);
+                        _mm512_mask_storeu_ps(out + (5 * i + 3) * ldz, lanes, r0);
+                        _mm512_mask_storeu_ps(out + (5 * i + 4) * ldz, lanes, r1);
+                    }
                 }
             }
         }
@@ -432,34 +449,53 @@ static inline void gatedrnn_winograd_grad_output(const float* gy, long sample_st
 
 /* grad_w[o, c] (3x3 at grad_w + o * o_stride + 9 c) = G^T S G for input channels c in
    [0, rows) and output channels o in [0, channels), S_xi[c][o] = s[(xi * rows + c) * lds + o]
+   for the P = `positions` (16 or 25) positions xi
    (16 output channels a vector, scattered to their kernels).
        G^T S: rows S0 + (S1 + S2) / 2, (S1 - S2) / 2, (S1 + S2) / 2 + S3; then the same on columns. */
-static inline void gatedrnn_winograd_grad_weights(const float* s, long rows, long lds, long channels, float* grad_w,
-                                                  long o_stride) {
+static inline void gatedrnn_winograd_grad_weights(const float* s, long positions, long rows, long lds, long channels,
+                                                  float* grad_w, long o_stride) {
     const __m512 half = _mm512_set1_ps(0.5f);
     const __m512i offsets = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                                _mm512_set1_epi32((int) o_stride));
     for (long c = 0; c < rows; c++) {
         for (long o0 = 0; o0 < channels; o0 += 16) {
             __mmask16 lanes = gatedrnn_mask16(channels - o0);
-            __m512 t[3][4];
-            for (int j = 0; j < 4; j++) {
-                __m512 s0 = _mm512_maskz_loadu_ps(lanes, s + ((0 + j) * rows + c) * lds + o0);
-                __m512 s1 = _mm512_maskz_loadu_ps(lanes, s + ((4 + j) * rows + c) * lds + o0);
-                __m512 s2 = _mm512_maskz_loadu_ps(lanes, s + ((8 + j) * rows + c) * lds + o0);
-                __m512 s3 = _mm512_maskz_loadu_ps(lanes, s + ((12 + j) * rows + c) * lds + o0);
-                __m512 sum = _mm512_mul_ps(half, _mm512_add_ps(s1, s2));
-                t[0][j] = _mm512_add_ps(s0, sum);
-                t[1][j] = _mm512_mul_ps(half, _mm512_sub_ps(s1, s2));
-                t[2][j] = _mm512_add_ps(sum, s3);
-            }
+            __m512 t[3][5];
             float* target = grad_w + o0 * o_stride + 9 * c;
-            for (int k = 0; k < 3; k++) {
-                __m512 sum = _mm512_mul_ps(half, _mm512_add_ps(t[k][1], t[k][2]));
-                _mm512_mask_i32scatter_ps(target + 3 * k, lanes, offsets, _mm512_add_ps(t[k][0], sum), 4);
-                _mm512_mask_i32scatter_ps(target + 3 * k + 1, lanes, offsets,
-                                          _mm512_mul_ps(half, _mm512_sub_ps(t[k][1], t[k][2])), 4);
-                _mm512_mask_i32scatter_ps(target + 3 * k + 2, lanes, offsets, _mm512_add_ps(sum, t[k][3]), 4);
+            if (positions == 16) {
+                for (int j = 0; j < 4; j++) {
+                    __m512 s0 = _mm512_maskz_loadu_ps(lanes, s + ((0 + j) * rows + c) * lds + o0);
+                    __m512 s1 = _mm512_maskz_loadu_ps(lanes, s + ((4 + j) * rows + c) * lds + o0);
+                    __m512 s2 = _mm512_maskz_loadu_ps(lanes, s + ((8 + j) * rows + c) * lds + o0);
+                    __m512 s3 = _mm512_maskz_loadu_ps(lanes, s + ((12 + j) * rows + c) * lds + o0);
+                    __m512 sum = _mm512_mul_ps(half, _mm512_add_ps(s1, s2));
+                    t[0][j] = _mm512_add_ps(s0, sum);
+                    t[1][j] = _mm512_mul_ps(half, _mm512_sub_ps(s1, s2));
+                    t[2][j] = _mm512_add_ps(sum, s3);
+                }
+                for (int k = 0; k < 3; k++) {
+                    __m512 sum = _mm512_mul_ps(half, _mm512_add_ps(t[k][1], t[k][2]));
+                    _mm512_mask_i32scatter_ps(target + 3 * k, lanes, offsets, _mm512_add_ps(t[k][0], sum), 4);
+                    _mm512_mask_i32scatter_ps(target + 3 * k + 1, lanes, offsets,
+                                              _mm512_mul_ps(half, _mm512_sub_ps(t[k][1], t[k][2])), 4);
+                    _mm512_mask_i32scatter_ps(target + 3 * k + 2, lanes, offsets, _mm512_add_ps(sum, t[k][3]), 4);
+                }
+            } else {  /* stride 2, along each axis (S0 .. S4) -> (S0 + S1, S3 + S4, S1 + S2) */
+                for (int j = 0; j < 5; j++) {
+                    __m512 s0 = _mm512_maskz_loadu_ps(lanes, s + ((0 + j) * rows + c) * lds + o0);
+                    __m512 s1 = _mm512_maskz_loadu_ps(lanes, s + ((5 + j) * rows + c) * lds + o0);
+                    __m512 s2 = _mm512_maskz_loadu_ps(lanes, s + ((10 + j) * rows + c) * lds + o0);
+                    __m512 s3 = _mm512_maskz_loadu_ps(lanes, s + ((15 + j) * rows + c) * lds + o0);
+                    __m512 s4 = _mm512_maskz_loadu_ps(lanes, s + ((20 + j) * rows + c) * lds + o0);
+                    t[0][j] = _mm512_add_ps(s0, s1);
+                    t[1][j] = _mm512_add_ps(s3, s4);
+                    t[2][j] = _mm512_add_ps(s1, s2);
+                }
+                for (int k = 0; k < 3; k++) {
+                    _mm512_mask_i32scatter_ps(target + 3 * k, lanes, offsets, _mm512_add_ps(t[k][0], t[k][1]), 4);
+                    _mm512_mask_i32scatter_ps(target + 3 * k + 1, lanes, offsets, _mm512_add_ps(t[k][3], t[k][4]), 4);
+                    _mm512_mask_i32scatter_ps(target + 3 * k + 2, lanes, offsets, _mm512_add_ps(t[k][1], t[k][2]), 4);
+                }
             }
         }
     }
@@ -486,15 +522,15 @@ static inline void gatedrnn_winograd_input(const float* x, long sample_stride, l
     (void) x; (void) sample_stride; (void) channels; (void) height; (void) width; (void) pad_top; (void) pad_left;
     (void) tiles_h; (void) tiles_w; (void) tile; (void) count; (void) v; (void) ld;
 }
-static inline void gatedrnn_winograd_grad_output(const float* gy, long sample_stride, long channels, long out_h,
-                                                 long out_w, long tiles_h, long tiles_w, long tile, long count,
-                                                 float* zt, long ldz) {
-    (void) gy; (void) sample_stride; (void) channels; (void) out_h; (void) out_w; (void) tiles_h; (void) tiles_w;
+static inline void gatedrnn_winograd_grad_output(const float* gy, long positions, long sample_stride, long channels,
+                                                 long out_h, long out_w, long tiles_h, long tiles_w, long tile,
+                                                 long count, float* zt, long ldz) {
+    (void) gy; (void) positions; (void) sample_stride; (void) channels; (void) out_h; (void) out_w; (void) tiles_h; (void) tiles_w;
     (void) tile; (void) count; (void) zt; (void) ldz;
 }
-static inline void gatedrnn_winograd_grad_weights(const float* s, long rows, long lds, long channels, float* grad_w,
-                                                  long o_stride) {
-    (void) s; (void) rows; (void) lds; (void) channels; (void) grad_w; (void) o_stride;
+static inline void gatedrnn_winograd_grad_weights(const float* s, long positions, long rows, long lds, long channels,
+                                                  float* grad_w, long o_stride) {
+    (void) s; (void) positions; (void) rows; (void) lds; (void) channels; (void) grad_w; (void) o_stride;
 }
 static inline void gatedrnn_winograd_output(const float* m, long positions, long ld, long count, long tile,
                                             long tiles_h, long tiles_w, float* y, long sample_stride, long out_h,

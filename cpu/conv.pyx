@@ -20,9 +20,9 @@ AVX-512, calls BLAS (cython_blas, single-threaded inside our threads). On the ke
   multiply-adds per 2x2 output tile and channel pair instead of 36, as 16 GEMMs over
   transformed weights and input patches (ResNet-18's 3x3 layers, 2 threads: 1.1-1.9x the
   direct forward's speed); so does its weight gradient, the transposed scheme
-  (_winograd_grad_weight: 16 GEMMs reducing over the tiles; 1.2-2.0x). At stride 2 the forward
-  runs a 25-position form (1.27-1.29x on ResNet-18's 56 and 28 inputs) where the tiles fit the
-  output;
+  (_winograd_grad_weight: 16 GEMMs reducing over the tiles; 1.2-2.0x). At stride 2 both run a
+  25-position form where the tiles fit the output (ResNet-18's 56 and 28 inputs: forward
+  1.27-1.29x, weight gradient 1.14-1.30x);
 - other forward tiles run over the whole batch's pixels (sample-major) and may span samples (the 7x7
   outputs of a ResNet's last stage are 49 pixels a sample: 392 a batch fill whole blocks), the
   GEMM then writing to a buffer scattered to each sample; on such small images with padding,
@@ -85,11 +85,12 @@ cdef extern from "_conv_winograd.h" nogil:
     void winograd_input "gatedrnn_winograd_input"(const float* x, long sample_stride, long channels, long height,
                                                   long width, long pad_top, long pad_left, long tiles_h,
                                                   long tiles_w, long tile, long count, float* v, long ld)
-    void winograd_grad_output "gatedrnn_winograd_grad_output"(const float* gy, long sample_stride, long channels,
-                                                              long out_h, long out_w, long tiles_h, long tiles_w,
-                                                              long tile, long count, float* zt, long ldz)
-    void winograd_grad_weights "gatedrnn_winograd_grad_weights"(const float* s, long rows, long lds, long channels,
-                                                                float* grad_w, long o_stride)
+    void winograd_grad_output "gatedrnn_winograd_grad_output"(const float* gy, long positions, long sample_stride,
+                                                              long channels, long out_h, long out_w, long tiles_h,
+                                                              long tiles_w, long tile, long count, float* zt,
+                                                              long ldz)
+    void winograd_grad_weights "gatedrnn_winograd_grad_weights"(const float* s, long positions, long rows, long lds,
+                                                                long channels, float* grad_w, long o_stride)
     void winograd_output "gatedrnn_winograd_output"(const float* m, long positions, long ld, long count, long tile,
                                                     long tiles_h, long tiles_w, float* y, long sample_stride,
                                                     long out_h, long out_w, float shift)
@@ -797,8 +798,8 @@ cdef int _winograd_forward(const Geometry* g, const float* x, const float* w, co
 
 cdef int _winograd_grad_weight(const Geometry* g, const float* grad_y, const float* x, float* grad_w,
                                int num_threads) except -1:
-    """The weight gradient of a 3x3 stride-1 convolution by Winograd F(2x2, 3x3), the
-    transposition of :func:`_winograd_forward` (_conv_winograd.h):
+    """The weight gradient of a 3x3 convolution by Winograd (stride 1: F(2x2, 3x3), 16
+    positions; stride 2: 25), the transposition of :func:`_winograd_forward` (_conv_winograd.h):
 
         S_xi (Cg x Og) = sum over tiles of V_xi (Cg x tiles) @ Z_xi^T (tiles x Og),
         grad_w[o, c] = G^T S[c, o] G
@@ -808,22 +809,29 @@ cdef int _winograd_grad_weight(const Geometry* g, const float* grad_y, const flo
     every tile in blocks of WINOGRAD_WEIGHT_BLOCK (fixed, so each S element is summed in one
     order whatever the thread count: the same bits on any number of threads), transforming its
     channels' patches and every output channel's gradients (Z^T, shared work done by each
-    thread: 4 Og values a tile transposed, against 16 Cg Og / threads multiply-adds), and
+    thread: 4 Og values a tile transposed, against P Cg Og / threads multiply-adds), and
     accumulates S for its rows; then writes their kernels."""
     cdef Py_ssize_t tiles_h = (g.out_height + 1) // 2, tiles_w = (g.out_width + 1) // 2
     cdef Py_ssize_t total = g.batch * tiles_h * tiles_w
-    cdef Py_ssize_t block = WINOGRAD_WEIGHT_BLOCK if total > WINOGRAD_WEIGHT_BLOCK else total
-    cdef Py_ssize_t ld = _round_up(block, 16)
+    cdef Py_ssize_t positions = _winograd_positions(g)
     cdef Py_ssize_t ldz = _round_up(g.group_out, 16)
+    # Z^T of a block holds every output channel: at most 8 MiB of it a thread (a block of 32 tiles
+    # at 2048 output channels, stride 2). From the shape alone, never the thread count.
+    cdef Py_ssize_t block = WINOGRAD_WEIGHT_BLOCK
+    if positions * block * ldz > 2097152:
+        block = max(16, 2097152 // (positions * ldz) // 16 * 16)
+    if block > total:
+        block = total
+    cdef Py_ssize_t ld = _round_up(block, 16)
     cdef Py_ssize_t rows = g.groups * g.group_channels
     # the most rows a thread gets (shares of whole 8-row register blocks, the last one the rest)
     cdef Py_ssize_t widest = 0, thread, threads, r0, r1, group, c0, c1, width, position, count, xi
     for thread in range(num_threads):
         r0, r1 = _row_share(rows, thread, num_threads), _row_share(rows, thread + 1, num_threads)
         widest = max(widest, r1 - r0)
-    cdef Py_ssize_t v_size = 16 * widest * ld
-    cdef Py_ssize_t z_size = 16 * block * ldz
-    cdef Py_ssize_t per_thread = _round_up(v_size + z_size + 16 * widest * ldz, 16)
+    cdef Py_ssize_t v_size = positions * widest * ld
+    cdef Py_ssize_t z_size = positions * block * ldz
+    cdef Py_ssize_t per_thread = _round_up(v_size + z_size + positions * widest * ldz, 16)
     cdef Py_ssize_t plane = g.height * g.width
     cdef float* v
     cdef float* zt
@@ -852,16 +860,22 @@ cdef int _winograd_grad_weight(const Geometry* g, const float* grad_y, const flo
                     count = total - position
                     if count > block:
                         count = block
-                    winograd_input(x + (group * g.group_channels + c0) * plane, g.channels * plane, width, g.height,
-                                   g.width, g.pad_top, g.pad_left, tiles_h, tiles_w, position, count, v, ld)
-                    winograd_grad_output(grad_y + group * g.group_out * g.pixels, g.out_channels * g.pixels,
+                    if positions == 16:
+                        winograd_input(x + (group * g.group_channels + c0) * plane, g.channels * plane, width,
+                                       g.height, g.width, g.pad_top, g.pad_left, tiles_h, tiles_w, position, count,
+                                       v, ld)
+                    else:
+                        winograd_input_s2(x + (group * g.group_channels + c0) * plane, g.channels * plane, width,
+                                          g.height, g.width, g.pad_top, g.pad_left, tiles_h, tiles_w, position,
+                                          count, v, ld)
+                    winograd_grad_output(grad_y + group * g.group_out * g.pixels, positions, g.out_channels * g.pixels,
                                          g.group_out, g.out_height, g.out_width, tiles_h, tiles_w, position, count,
                                          zt, ldz)
-                    for xi in range(16):
-                        conv_sgemm(width, g.group_out, count, v + xi * ld, 16 * ld, 1, zt + xi * ldz, 16 * ldz,
-                                   acc + xi * width * ldz, ldz, position > 0)
+                    for xi in range(positions):
+                        conv_sgemm(width, g.group_out, count, v + xi * ld, positions * ld, 1, zt + xi * ldz,
+                                   positions * ldz, acc + xi * width * ldz, ldz, position > 0)
                     position = position + count
-                winograd_grad_weights(acc, width, ldz, g.group_out,
+                winograd_grad_weights(acc, positions, width, ldz, g.group_out,
                                       grad_w + (group * g.group_out * g.group_channels + c0) * 9,
                                       g.group_channels * 9)
                 r0 = r0 + width
@@ -1400,7 +1414,7 @@ def conv2d_backward(const floating[:, :, :, ::1] grad_y, const floating[:, :, :,
     if num_threads < 1:
         num_threads = 1
     if floating is float:
-        if need_weight and _winograd_positions(&g) == 16 and g.batch > 0:
+        if need_weight and _winograd_positions(&g) > 0 and g.batch > 0:
             _winograd_grad_weight(&g, &grad_y[0, 0, 0, 0], &x[0, 0, 0, 0], &grad_w_flat[0], num_threads)
             need_weight = False
     cdef Py_ssize_t tiles = (g.pixels + g.tile - 1) // g.tile
