@@ -300,8 +300,9 @@ static inline void gatedrnn_winograd_input_s2(const float* x, long sample_stride
 
 /* One output channel's outputs for tiles [tile, tile + count) of the batch (sample-major,
    tiles_h x tiles_w a sample): m holds its `positions` transformed rows (16: stride 1, 25:
-   stride 2; row stride ld, lane t for tile tile + t); y is the channel's plane in the sample of tile 0 (tile < tiles_h * tiles_w),
-   sample_stride floats between one sample's plane and the next's. Writes A^T m A + shift,
+   stride 2; row stride ld, lane t for tile tile + t); y is the channel's plane in the sample of
+   tile 0 (tile < tiles_h * tiles_w), sample_stride floats between one sample's plane and the
+   next's. Writes A^T m A + shift,
    clipped to the out_h x out_w image (the last tile row or column of an odd size is half used). */
 static inline void gatedrnn_winograd_output(const float* m, long positions, long ld, long count, long tile,
                                             long tiles_h, long tiles_w, float* y, long sample_stride, long out_h,
@@ -525,8 +526,8 @@ static inline void gatedrnn_winograd_input(const float* x, long sample_stride, l
 static inline void gatedrnn_winograd_grad_output(const float* gy, long positions, long sample_stride, long channels,
                                                  long out_h, long out_w, long tiles_h, long tiles_w, long tile,
                                                  long count, float* zt, long ldz) {
-    (void) gy; (void) positions; (void) sample_stride; (void) channels; (void) out_h; (void) out_w; (void) tiles_h; (void) tiles_w;
-    (void) tile; (void) count; (void) zt; (void) ldz;
+    (void) gy; (void) positions; (void) sample_stride; (void) channels; (void) out_h; (void) out_w;
+    (void) tiles_h; (void) tiles_w; (void) tile; (void) count; (void) zt; (void) ldz;
 }
 static inline void gatedrnn_winograd_grad_weights(const float* s, long positions, long rows, long lds, long channels,
                                                   float* grad_w, long o_stride) {

@@ -16,9 +16,9 @@ blocks, operands read in place; OpenBLAS's sgemm reached 73-98 GFLOP/s a core on
 the kernel 100-114 on a Zen 4 core whose FMA peak is about 112); float64, and any build without
 AVX-512, calls BLAS (cython_blas, single-threaded inside our threads). On the kernel path:
 - the forward of a 3x3 stride-1 layer (and its input gradient, which runs as a forward on the
-  flipped weights: _flipped_input_gradient) runs Winograd F(2x2, 3x3) (_winograd_forward, _conv_winograd.h): 16
-  multiply-adds per 2x2 output tile and channel pair instead of 36, as 16 GEMMs over
-  transformed weights and input patches (ResNet-18's 3x3 layers, 2 threads: 1.1-1.9x the
+  flipped weights: _flipped_input_gradient) runs Winograd F(2x2, 3x3) (_winograd_forward,
+  _conv_winograd.h): 16 multiply-adds per 2x2 output tile and channel pair instead of 36, as 16
+  GEMMs over transformed weights and input patches (ResNet-18's 3x3 layers, 2 threads: 1.1-1.9x the
   direct forward's speed); so does its weight gradient, the transposed scheme
   (_winograd_grad_weight: 16 GEMMs reducing over the tiles; 1.2-2.0x). At stride 2 both run a
   25-position form where the tiles fit the output (ResNet-18's 56 and 28 inputs: forward
@@ -164,7 +164,7 @@ cdef Py_ssize_t WEIGHT_TILE = 128
 cdef Py_ssize_t WIDE_TILE = 256
 
 
-# Winograd F(2x2, 3x3) for the float32 forward of 3x3 stride-1 layers (_winograd_forward).
+# Winograd for the float32 forward and weight gradient of 3x3 layers (_winograd_positions).
 cdef bint WINOGRAD = True
 # Fewest input channels a group for it: measured Winograd / direct time at batch 8, 2 threads:
 # 4 -> 4 @56 1.16, 8 -> 8 @56 1.04, 8 -> 64 @56 1.42, 16 -> 16 @56 0.81, 16 -> 64 @28 0.72,
@@ -172,7 +172,8 @@ cdef bint WINOGRAD = True
 # multiply-adds per tile and channel pair). And 8 output channels a group: one register block.
 cdef Py_ssize_t WINOGRAD_MIN_CHANNELS = 16
 cdef Py_ssize_t WINOGRAD_MIN_OUT = 8
-# Elements of one thread's transformed patches and GEMM results (16 x (Cg + Og) x block tiles).
+# Elements of one thread's transformed patches and GEMM results in the forward (P x (Cg + Og)
+# x block tiles, P = 16 or 25 positions).
 cdef Py_ssize_t WINOGRAD_BUDGET = 131072
 # Tiles a block of the Winograd weight gradient: the reduction of its GEMMs (one KC block of the
 # register kernel), S read and written once a block.
@@ -658,8 +659,9 @@ def forward_winograd(Py_ssize_t batch, Py_ssize_t channels, Py_ssize_t height, P
 
 
 def set_winograd(bint enabled):
-    """Let the float32 forward of 3x3 stride-1 convolutions run Winograd F(2x2, 3x3) (True, the
-    default, where it applies) or never; return the previous setting. For tests and benchmarks."""
+    """Let the float32 forward and weight gradient of 3x3 convolutions run Winograd (True, the
+    default, where :func:`forward_winograd` says it applies) or never; return the previous
+    setting. For tests and benchmarks."""
     global WINOGRAD
     previous = WINOGRAD
     WINOGRAD = enabled
@@ -701,8 +703,7 @@ cdef void _winograd_block(const Geometry* g, const float* x, const float* u, con
     for o in range(o0, o1):
         channel = group * g.group_out + o
         winograd_output(m + positions * (o - o0) * ld, positions, ld, count, flat - sample * per_sample, tiles_h,
-                        tiles_w,
-                        y + (sample * g.out_channels + channel) * g.pixels, g.out_channels * g.pixels,
+                        tiles_w, y + (sample * g.out_channels + channel) * g.pixels, g.out_channels * g.pixels,
                         g.out_height, g.out_width, bias[channel] if bias != NULL else 0)
 
 
@@ -713,8 +714,8 @@ cdef int _winograd_forward(const Geometry* g, const float* x, const float* w, co
     2 (the even taps of each axis as F(2, 2), the odd one direct).
 
     The weights are transformed into U (P x C_out x Cg, P = 16 or 25 positions: one Og x Cg
-    matrix per position xi of the transformed tile and group), then tiles (sample-major over the batch) are taken in
-    blocks of ``block``: :func:`_winograd_block`. The threads split either the (group, tile)
+    matrix per position xi of the transformed tile and group), then tiles (sample-major over the
+    batch) are taken in blocks of ``block``: :func:`_winograd_block`. The threads split either the (group, tile)
     columns (equal shares rounded to PANEL tiles; U transformed by all threads first), or, with
     under two PANELs of tiles a thread (one group), the output channels: each thread transforms
     and reads only its share of U and runs every tile. Measured at 2 threads, tiles -> channels:
@@ -763,11 +764,10 @@ cdef int _winograd_forward(const Geometry* g, const float* x, const float* w, co
                 v = buffers + thread * per_thread
                 m = v + v_size
                 if by_channels:
-                    # whole register blocks of 8 rows a thread
-                    o0 = (thread * g.out_channels // threads + 4) // 8 * 8
-                    o1 = ((thread + 1) * g.out_channels // threads + 4) // 8 * 8
-                    if thread == threads - 1:
-                        o1 = g.out_channels
+                    # whole register blocks of 8 rows a thread, the last share ending at C_out
+                    # (rounding can carry a middle edge past it: 15 channels on 5 threads)
+                    o0 = _row_share(g.out_channels, thread, threads)
+                    o1 = _row_share(g.out_channels, thread + 1, threads)
                     if o0 < o1:
                         _winograd_weights(positions, w, rows, u, o0 * g.group_channels, o1 * g.group_channels)
                         position = 0
@@ -868,9 +868,9 @@ cdef int _winograd_grad_weight(const Geometry* g, const float* grad_y, const flo
                         winograd_input_s2(x + (group * g.group_channels + c0) * plane, g.channels * plane, width,
                                           g.height, g.width, g.pad_top, g.pad_left, tiles_h, tiles_w, position,
                                           count, v, ld)
-                    winograd_grad_output(grad_y + group * g.group_out * g.pixels, positions, g.out_channels * g.pixels,
-                                         g.group_out, g.out_height, g.out_width, tiles_h, tiles_w, position, count,
-                                         zt, ldz)
+                    winograd_grad_output(grad_y + group * g.group_out * g.pixels, positions,
+                                         g.out_channels * g.pixels, g.group_out, g.out_height, g.out_width, tiles_h,
+                                         tiles_w, position, count, zt, ldz)
                     for xi in range(positions):
                         conv_sgemm(width, g.group_out, count, v + xi * ld, positions * ld, 1, zt + xi * ldz,
                                    positions * ldz, acc + xi * width * ldz, ldz, position > 0)

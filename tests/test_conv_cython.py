@@ -6,6 +6,10 @@ and determinism.
 
 tests/test_conv.py covers the semantics on every backend; these cases are shaped to reach each
 branch of the Cython tiling (sizes chosen so that 2 cores run the file in a few seconds)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -242,8 +246,14 @@ WINOGRAD_GEOMETRIES = {
     "groups": (2, 32, 9, 9, 48, (1, 1), 2, 1),
     # one output pixel a sample (a tile with one used output)
     "one-pixel": (3, 16, 1, 1, 8, (1, 1), 1, 1),
-    # 16 tiles in all: the threads split the output channels (40: 24 + 16 on 2 threads)
+    # 16 tiles in all: the threads split the output channels (40: 24 + 16 on 2 threads), and 15
+    # (on 5 threads rounded edges 0, 0, 8, 8, 16: the fourth share must stop at 15)
     "channel-split": (1, 24, 7, 7, 40, (1, 1), 1, 1),
+    "channel-split-15": (1, 16, 7, 7, 15, (1, 1), 1, 1),
+    # no padding with 288 input pixels: the input gradient as a Winograd forward at padding 2
+    "flipped-valid": (2, 16, 12, 12, 16, (0, 0), 1, 1),
+    # 136 input channels: the forward GEMMs' reduction in two blocks of the register kernel
+    "two-reduction-blocks": (2, 136, 6, 6, 8, (1, 1), 1, 1),
     # 400 tiles (100 a sample): forward blocks of 96 tiles and weight-gradient blocks of 128
     # that start and end inside samples; 20 output channels (a 16 + 4 vector step in Z)
     "blocks-span-samples": (4, 64, 20, 20, 20, (1, 1), 1, 1),
@@ -265,10 +275,10 @@ WINOGRAD_GEOMETRIES = {
 @pytest.mark.parametrize("name", list(WINOGRAD_GEOMETRIES))
 def test_winograd_matches_torch_and_the_direct_forward(name):
     """The Winograd forward and weight gradient (stride 1 and 2) against torch (float64) and
-    against the same call without them, forward and every gradient (the stride-1
-    input gradient runs the forward on the flipped weights where the batch has 256 input
-    pixels), and the same bits on 1, 2 and 3 threads (on 3, the weight gradient's thread shares of 32 input channels in two groups are
-    8 / 16 / 8 rows: the middle one spans both groups)."""
+    against the same call without them, forward and every gradient (the stride-1 input
+    gradient runs the forward on the flipped weights where the batch has 256 input pixels), and
+    the same bits on 1, 2, 3 and 5 threads (on 3, the weight gradient's thread shares of 32 input
+    channels in two groups are 8 / 16 / 8 rows: the middle one spans both groups)."""
     extension = conv_ops.cpu_module("conv")
     batch, c_in, height, width, c_out, padding, groups, stride = WINOGRAD_GEOMETRIES[name]
     out_height, out_width = (height + 2 * padding[0] - 3) // stride + 1, (width + 2 * padding[1] - 3) // stride + 1
@@ -293,7 +303,7 @@ def test_winograd_matches_torch_and_the_direct_forward(name):
     previous_threads, previous_winograd = torch.get_num_threads(), extension.set_winograd(True)
     try:
         runs = []
-        for threads in (1, 2, 3):
+        for threads in (1, 2, 3, 5):
             torch.set_num_threads(threads)
             runs.append(ours())
         extension.set_winograd(False)
@@ -309,6 +319,38 @@ def test_winograd_matches_torch_and_the_direct_forward(name):
     if extension.REGISTER_KERNEL:
         for run in runs[1:]:
             assert all(torch.equal(a, b) for a, b in zip(run[:3], runs[0][:3]))
+
+
+WINOGRAD_TEAM_SCRIPT = """
+import torch, torch.nn.functional as F
+from gatedrnn.ops.conv import conv2d
+torch.manual_seed(0)
+torch.set_num_threads(4)
+for stride, size in ((1, 9), (2, 40)):
+    x = torch.randn(2, 40, size, size, dtype=torch.float64)
+    w = torch.randn(24, 40, 3, 3, dtype=torch.float64)
+    leaves64 = [t.clone().requires_grad_() for t in (x, w)]
+    y64 = F.conv2d(*leaves64, stride=stride, padding=1)
+    grad_y = torch.randn(y64.shape, dtype=torch.float64)
+    expected = [y64.detach()] + list(torch.autograd.grad(y64, leaves64, grad_y))
+    leaves = [t.float().requires_grad_() for t in (x, w)]
+    y = conv2d(*leaves, stride=stride, padding=1, backend="cython")
+    actual = [y.detach()] + list(torch.autograd.grad(y, leaves, grad_y.float()))
+    for a, e in zip(actual, expected):
+        assert float((a.double() - e).norm() / e.norm()) <= 2e-5
+print("ok")
+"""
+
+
+def test_winograd_with_fewer_openmp_threads_than_asked():
+    """OpenMP may run a smaller team than the thread count asked for (OMP_THREAD_LIMIT=2 with 4
+    asked): the weight gradient's buffers are sized for the widest of 4 shares of the 40 input
+    channels (16 rows), so the 2 threads' shares (24 and 16 rows) run in chunks of at most 16."""
+    environment = dict(os.environ, OMP_THREAD_LIMIT="2")
+    result = subprocess.run([sys.executable, "-c", WINOGRAD_TEAM_SCRIPT], env=environment, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
