@@ -84,6 +84,22 @@ static inline void gatedrnn_winograd_weights_s2_scalar(const float* g, long rows
 
 #if GATEDRNN_CONV_AVX512
 
+/* The tiles from flat tile index `flat` (sample-major, tiles_h x tiles_w a sample) that the
+   transforms take in one vector step: at most `most` of the `left` remaining, all in one tile
+   row. Returns how many; *n, *ty, *tx: the first one's sample, tile row and tile column. */
+static inline long gatedrnn_winograd_run(long flat, long left, long most, long tiles_h, long tiles_w, long* n,
+                                         long* ty, long* tx) {
+    long per_sample = tiles_h * tiles_w;
+    *n = flat / per_sample;
+    long position = flat - *n * per_sample;
+    *ty = position / tiles_w;
+    *tx = position - *ty * tiles_w;
+    long run = tiles_w - *tx;
+    if (run > left)
+        run = left;
+    return run < most ? run : most;
+}
+
 /* gatedrnn_winograd_weights_scalar, 16 kernels a step: lane l of a vector is kernel r + l, its
    9 weights gathered (stride 9), and each transformed element stored as 16 consecutive floats
    of U. Same operations in the same order as the scalar version (bitwise the same U). The
@@ -135,17 +151,11 @@ static inline void gatedrnn_winograd_input(const float* x, long sample_stride, l
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     const __m512 zero = _mm512_setzero_ps();
-    long per_sample = tiles_h * tiles_w, plane = height * width;
+    long plane = height * width;
     long t = 0;
     while (t < count) {
-        long flat = tile + t;
-        long n = flat / per_sample, position = flat - n * per_sample;
-        long ty = position / tiles_w, tx = position - ty * tiles_w;
-        long run = tiles_w - tx;
-        if (run > count - t)
-            run = count - t;
-        if (run > 16)
-            run = 16;
+        long n, ty, tx;
+        long run = gatedrnn_winograd_run(tile + t, count - t, 16, tiles_h, tiles_w, &n, &ty, &tx);
         long first = 2 * tx - pad_left;  /* input column of the tiles' patch column 0 */
         /* the values q = 0 .. 2 run + 1 of a patch row lie in the image for q in [low, high) */
         long low = first < 0 ? -first : 0;
@@ -236,17 +246,11 @@ static inline void gatedrnn_winograd_input_s2(const float* x, long sample_stride
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     const __m512 zero = _mm512_setzero_ps();
-    long per_sample = tiles_h * tiles_w, plane = height * width;
+    long plane = height * width;
     long t = 0;
     while (t < count) {
-        long flat = tile + t;
-        long n = flat / per_sample, position = flat - n * per_sample;
-        long ty = position / tiles_w, tx = position - ty * tiles_w;
-        long run = tiles_w - tx;
-        if (run > count - t)
-            run = count - t;
-        if (run > 16)
-            run = 16;
+        long n, ty, tx;
+        long run = gatedrnn_winograd_run(tile + t, count - t, 16, tiles_h, tiles_w, &n, &ty, &tx);
         long first = 4 * tx - pad_left;
         /* the values q = 0 .. 4 run of a patch row lie in the image for q in [low, high) */
         long low = first < 0 ? -first : 0;
@@ -311,20 +315,11 @@ static inline void gatedrnn_winograd_output(const float* m, long positions, long
     const __m512i low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     const __m512 bias = _mm512_set1_ps(shift);
-    long per_sample = tiles_h * tiles_w;
-    long position = tile;  /* within the current sample */
     long t = 0;
     while (t < count) {
-        if (position == per_sample) {
-            position = 0;
-            y += sample_stride;
-        }
-        long ty = position / tiles_w, tx = position - ty * tiles_w;
-        long run = tiles_w - tx;  /* tiles left in this tile row */
-        if (run > count - t)
-            run = count - t;
-        if (run > 16)
-            run = 16;
+        long n, ty, tx;
+        long run = gatedrnn_winograd_run(tile + t, count - t, 16, tiles_h, tiles_w, &n, &ty, &tx);
+        float* image = y + n * sample_stride;
         __mmask16 mask = gatedrnn_mask16(run);
         __m512 r[10];  /* A^T m: the transformed tile's rows to 2, r[side * a + j] */
         long side = positions == 25 ? 5 : 4;
@@ -353,7 +348,7 @@ static inline void gatedrnn_winograd_output(const float* m, long positions, long
                 left = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(q[0], q[1]), q[3]), bias);
                 right = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(q[1], q[2]), q[4]), bias);
             }
-            float* row = y + (2 * ty + a) * out_w + 2 * tx;
+            float* row = image + (2 * ty + a) * out_w + 2 * tx;
             long width = 2 * run < columns ? 2 * run : columns;
             _mm512_mask_storeu_ps(row, gatedrnn_mask16(width), _mm512_permutex2var_ps(left, low, right));
             if (width > 16)
@@ -361,7 +356,6 @@ static inline void gatedrnn_winograd_output(const float* m, long positions, long
                                       _mm512_permutex2var_ps(left, high, right));
         }
         t += run;
-        position += run;
     }
 }
 
@@ -386,17 +380,11 @@ static inline void gatedrnn_winograd_grad_output(const float* gy, long positions
                                                  long out_h, long out_w, long tiles_h, long tiles_w, long tile,
                                                  long count, float* zt, long ldz) {
     const __m512 zero = _mm512_setzero_ps();
-    long per_sample = tiles_h * tiles_w, plane = out_h * out_w;
+    long plane = out_h * out_w;
     long t = 0;
     while (t < count) {
-        long flat = tile + t;
-        long n = flat / per_sample, position = flat - n * per_sample;
-        long ty = position / tiles_w, tx = position - ty * tiles_w;
-        long run = tiles_w - tx;
-        if (run > count - t)
-            run = count - t;
-        if (run > 8)
-            run = 8;
+        long n, ty, tx;
+        long run = gatedrnn_winograd_run(tile + t, count - t, 8, tiles_h, tiles_w, &n, &ty, &tx);
         long columns = out_w - 2 * tx;  /* output columns from the run's first */
         __mmask16 valid = gatedrnn_mask16(columns < 2 * run ? columns : 2 * run);
         const float* sample = gy + n * sample_stride;

@@ -103,6 +103,23 @@ def check(case, **kwargs):
     return actual
 
 
+def torch_and_ours(x, w, b, **options):
+    """torch's float64 output and gradients (input, weight, bias) for a fixed random grad_y, and a
+    function that computes ours in float32 on the cython backend, for the same call."""
+    generator = torch.Generator().manual_seed(11)
+    leaves64 = [t.clone().requires_grad_() for t in (x, w, b)]
+    y64 = F.conv2d(*leaves64, **options)
+    grad_y = torch.randn(y64.shape, generator=generator, dtype=torch.float64)
+    expected = [y64.detach()] + list(torch.autograd.grad(y64, leaves64, grad_y))
+
+    def ours():
+        leaves = [t.float().requires_grad_() for t in (x, w, b)]
+        y = conv2d(*leaves, **options, backend="cython")
+        return [y.detach()] + list(torch.autograd.grad(y, leaves, grad_y.float()))
+
+    return expected, ours
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_float32_paths_match_torch_float64(name):
     check(CASES[name])
@@ -167,16 +184,7 @@ def test_row_bands_match_torch_and_the_plain_forward(name):
     x = torch.randn(batch, c_in, height, width, generator=generator, dtype=torch.float64)
     w = torch.randn(c_out, c_in // groups, *kernel, generator=generator, dtype=torch.float64)
     b = torch.randn(c_out, generator=generator, dtype=torch.float64)
-    options = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-    leaves64 = [t.clone().requires_grad_() for t in (x, w, b)]
-    y64 = F.conv2d(*leaves64, **options)
-    grad_y = torch.randn(y64.shape, generator=generator, dtype=torch.float64)
-    expected = [y64.detach()] + list(torch.autograd.grad(y64, leaves64, grad_y))
-
-    def ours():
-        leaves = [t.float().requires_grad_() for t in (x, w, b)]
-        y = conv2d(*leaves, **options, backend="cython")
-        return [y.detach()] + list(torch.autograd.grad(y, leaves, grad_y.float()))
+    expected, ours = torch_and_ours(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
     # Winograd takes the 3x3 stride-1 cases where it applies: off here, to test the bands
     previous_threads, previous_bands = torch.get_num_threads(), extension.set_row_bands(True)
@@ -289,16 +297,7 @@ def test_winograd_matches_torch_and_the_direct_forward(name):
     x = torch.randn(batch, c_in, height, width, generator=generator, dtype=torch.float64)
     w = torch.randn(c_out, c_in // groups, 3, 3, generator=generator, dtype=torch.float64)
     b = torch.randn(c_out, generator=generator, dtype=torch.float64)
-    options = dict(stride=stride, padding=padding, groups=groups)
-    leaves64 = [t.clone().requires_grad_() for t in (x, w, b)]
-    y64 = F.conv2d(*leaves64, **options)
-    grad_y = torch.randn(y64.shape, generator=generator, dtype=torch.float64)
-    expected = [y64.detach()] + list(torch.autograd.grad(y64, leaves64, grad_y))
-
-    def ours():
-        leaves = [t.float().requires_grad_() for t in (x, w, b)]
-        y = conv2d(*leaves, **options, backend="cython")
-        return [y.detach()] + list(torch.autograd.grad(y, leaves, grad_y.float()))
+    expected, ours = torch_and_ours(x, w, b, stride=stride, padding=padding, groups=groups)
 
     previous_threads, previous_winograd = torch.get_num_threads(), extension.set_winograd(True)
     try:
