@@ -103,7 +103,7 @@ static inline long gatedrnn_winograd_run(long flat, long left, long most, long t
 /* gatedrnn_winograd_weights_scalar, 16 kernels a step: lane l of a vector is kernel r + l, its
    9 weights gathered (stride 9), and each transformed element stored as 16 consecutive floats
    of U. Same operations in the same order as the scalar version (bitwise the same U). The
-   scalar loop took a third of the 512@7 forward (2.4M kernels a second a core). */
+   scalar loop took a third of the 512@7 forward (about 45 ns a kernel, 262144 kernels). */
 static inline void gatedrnn_winograd_weights(const float* g, long rows, float* u, long first, long last) {
     const __m512i stride = _mm512_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 99, 108, 117, 126, 135);
     const __m512 half = _mm512_set1_ps(0.5f);
@@ -306,8 +306,8 @@ static inline void gatedrnn_winograd_input_s2(const float* x, long sample_stride
    tiles_h x tiles_w a sample): m holds its `positions` transformed rows (16: stride 1, 25:
    stride 2; row stride ld, lane t for tile tile + t); y is the channel's plane in the sample of
    tile 0 (tile < tiles_h * tiles_w), sample_stride floats between one sample's plane and the
-   next's. Writes A^T m A + shift,
-   clipped to the out_h x out_w image (the last tile row or column of an odd size is half used). */
+   next's. Writes A^T m A + shift, clipped to the out_h x out_w image (the last tile row or
+   column of an odd size is half used). */
 static inline void gatedrnn_winograd_output(const float* m, long positions, long ld, long count, long tile,
                                             long tiles_h, long tiles_w, float* y, long sample_stride, long out_h,
                                             long out_w, float shift) {
@@ -368,13 +368,12 @@ static inline void gatedrnn_winograd_output(const float* m, long positions, long
    reducing over the tiles, so Z^T has to be laid out with the output channels contiguous. */
 
 /* zt (row P t + xi, P = `positions`: 16 at stride 1, 25 at stride 2; columns [0, channels),
-   row stride ldz) = A g_t A^T for tiles
-   [tile, tile + count) of the batch (sample-major, tiles_h x tiles_w a sample), with lane o the
-   output channel: gy is the first channel's plane in sample 0 (planes out_h x out_w,
-   sample_stride floats between samples). Runs of up to 8 tiles of a tile row: the 16 output
-   gradients of each of its two output rows transposed 16 channels at a time in registers (4
-   values a tile and channel: a quarter of transposing the 16 of Z itself), then Z for 16
-   channels a vector.
+   row stride ldz) = A g_t A^T for tiles [tile, tile + count) of the batch (sample-major,
+   tiles_h x tiles_w a sample), with lane o the output channel: gy is the first channel's plane
+   in sample 0 (planes out_h x out_w, sample_stride floats between samples). Runs of up to 8
+   tiles of a tile row: the 16 output gradients of each of its two output rows transposed 16
+   channels at a time in registers (4 values a tile and channel, where Z itself has P), then Z
+   for 16 channels a vector.
        A g: rows g0, g0 + g1, g0 - g1, -g1;   (A g) A^T: columns r0, r0 + r1, r0 - r1, -r1. */
 static inline void gatedrnn_winograd_grad_output(const float* gy, long positions, long sample_stride, long channels,
                                                  long out_h, long out_w, long tiles_h, long tiles_w, long tile,
