@@ -38,46 +38,43 @@
 
 #include "_conv_gemm.h"
 
-/* U (16 x rows, row stride `rows`: U[xi * rows + r]) = G g G^T for the 3x3 kernels g of rows
-   [first, last) (`g`: rows of 9 floats). */
-static inline void gatedrnn_winograd_weights_scalar(const float* g, long rows, float* u, long first, long last) {
-    for (long r = first; r < last; r++) {
-        const float* k = g + 9 * r;
-        float t[4][3];  /* G g: 4 x 3 */
-        for (int j = 0; j < 3; j++) {
-            t[0][j] = k[j];
-            t[1][j] = 0.5f * (k[j] + k[3 + j] + k[6 + j]);
-            t[2][j] = 0.5f * (k[j] - k[3 + j] + k[6 + j]);
-            t[3][j] = k[6 + j];
-        }
-        for (int i = 0; i < 4; i++) {  /* (G g) G^T: 4 x 4 */
-            u[(4 * i + 0) * rows + r] = t[i][0];
-            u[(4 * i + 1) * rows + r] = 0.5f * (t[i][0] + t[i][1] + t[i][2]);
-            u[(4 * i + 2) * rows + r] = 0.5f * (t[i][0] - t[i][1] + t[i][2]);
-            u[(4 * i + 3) * rows + r] = t[i][2];
-        }
+/* Along one axis of a 3x3 kernel: its taps (w0, w1, w2) to the scheme's `side` values,
+   4 at stride 1 (G w: w0, (w0 + w1 + w2) / 2, (w0 - w1 + w2) / 2, w2) or 5 at stride 2 (w0,
+   w0 + w2, w2, w1, w1). The weight transform applies it along the rows, then the columns. */
+static inline void gatedrnn_winograd_taps(long side, const float w[3], float out[5]) {
+    if (side == 4) {
+        out[0] = w[0];
+        out[1] = 0.5f * (w[0] + w[1] + w[2]);
+        out[2] = 0.5f * (w[0] - w[1] + w[2]);
+        out[3] = w[2];
+    } else {
+        out[0] = w[0];
+        out[1] = w[0] + w[2];
+        out[2] = w[2];
+        out[3] = w[1];
+        out[4] = w[1];
     }
 }
 
-/* The stride-2 scheme's U (25 x rows: U[xi * rows + r], xi = 5 i + j) for the kernels of rows
-   [first, last): along each axis, the 3 taps (w0, w1, w2) become (w0, w0 + w2, w2, w1, w1). */
-static inline void gatedrnn_winograd_weights_s2_scalar(const float* g, long rows, float* u, long first, long last) {
+/* U (side^2 x rows, row stride `rows`: U[xi * rows + r], xi = side i + j) for the 3x3 kernels of
+   rows [first, last) (`g`: rows of 9 floats): the taps map along the kernel's rows, then along
+   its columns (side 4: G g G^T of F(2x2, 3x3); side 5: the stride-2 form). */
+static inline void gatedrnn_winograd_weights_scalar(long side, const float* g, long rows, float* u, long first,
+                                                    long last) {
     for (long r = first; r < last; r++) {
         const float* k = g + 9 * r;
-        float t[5][3];
+        float t[5][3];  /* along the rows: t[i][column] */
         for (int j = 0; j < 3; j++) {
-            t[0][j] = k[j];
-            t[1][j] = k[j] + k[6 + j];
-            t[2][j] = k[6 + j];
-            t[3][j] = k[3 + j];
-            t[4][j] = k[3 + j];
+            float taps[3] = {k[j], k[3 + j], k[6 + j]}, out[5];
+            gatedrnn_winograd_taps(side, taps, out);
+            for (int i = 0; i < side; i++)
+                t[i][j] = out[i];
         }
-        for (int i = 0; i < 5; i++) {
-            u[(5 * i + 0) * rows + r] = t[i][0];
-            u[(5 * i + 1) * rows + r] = t[i][0] + t[i][2];
-            u[(5 * i + 2) * rows + r] = t[i][2];
-            u[(5 * i + 3) * rows + r] = t[i][1];
-            u[(5 * i + 4) * rows + r] = t[i][1];
+        for (int i = 0; i < side; i++) {  /* then along the columns */
+            float out[5];
+            gatedrnn_winograd_taps(side, t[i], out);
+            for (int j = 0; j < side; j++)
+                u[(side * i + j) * rows + r] = out[j];
         }
     }
 }
@@ -100,36 +97,60 @@ static inline long gatedrnn_winograd_run(long flat, long left, long most, long t
     return run < most ? run : most;
 }
 
+/* gatedrnn_winograd_taps on 16 kernels' taps at once. */
+static inline __attribute__((always_inline)) void gatedrnn_winograd_taps16(long side, const __m512 w[3],
+                                                                           __m512 out[5]) {
+    if (side == 4) {
+        const __m512 half = _mm512_set1_ps(0.5f);
+        out[0] = w[0];
+        out[1] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(w[0], w[1]), w[2]));
+        out[2] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(w[0], w[1]), w[2]));
+        out[3] = w[2];
+    } else {
+        out[0] = w[0];
+        out[1] = _mm512_add_ps(w[0], w[2]);
+        out[2] = w[2];
+        out[3] = w[1];
+        out[4] = w[1];
+    }
+}
+
 /* gatedrnn_winograd_weights_scalar, 16 kernels a step: lane l of a vector is kernel r + l, its
    9 weights gathered (stride 9), and each transformed element stored as 16 consecutive floats
    of U. Same operations in the same order as the scalar version (bitwise the same U). The
-   scalar loop took a third of the 512@7 forward (about 45 ns a kernel, 262144 kernels). */
-static inline void gatedrnn_winograd_weights(const float* g, long rows, float* u, long first, long last) {
+   scalar loop took a third of the 512@7 forward (about 45 ns a kernel, 262144 kernels).
+   Inlined with `side` a constant by gatedrnn_winograd_weights: with `side` a variable the loops
+   over it stayed loops and the vectors went through memory (26% of the 512@7 forward, not 11%). */
+static inline __attribute__((always_inline)) void gatedrnn_winograd_weights_side(long side, const float* g, long rows,
+                                                                                 float* u, long first, long last) {
     const __m512i stride = _mm512_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 99, 108, 117, 126, 135);
-    const __m512 half = _mm512_set1_ps(0.5f);
     long r = first;
     for (; r + 16 <= last; r += 16) {
         const float* k = g + 9 * r;
-        __m512 t[4][3];
+        __m512 t[5][3];  /* along the rows: t[i][column] */
         for (int j = 0; j < 3; j++) {
-            __m512 k0 = _mm512_i32gather_ps(stride, k + j, 4);
-            __m512 k1 = _mm512_i32gather_ps(stride, k + 3 + j, 4);
-            __m512 k2 = _mm512_i32gather_ps(stride, k + 6 + j, 4);
-            t[0][j] = k0;
-            t[1][j] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(k0, k1), k2));
-            t[2][j] = _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(k0, k1), k2));
-            t[3][j] = k2;
+            __m512 taps[3] = {_mm512_i32gather_ps(stride, k + j, 4), _mm512_i32gather_ps(stride, k + 3 + j, 4),
+                              _mm512_i32gather_ps(stride, k + 6 + j, 4)};
+            __m512 out[5];
+            gatedrnn_winograd_taps16(side, taps, out);
+            for (int i = 0; i < side; i++)
+                t[i][j] = out[i];
         }
-        for (int i = 0; i < 4; i++) {
-            _mm512_storeu_ps(u + (4 * i + 0) * rows + r, t[i][0]);
-            _mm512_storeu_ps(u + (4 * i + 1) * rows + r,
-                             _mm512_mul_ps(half, _mm512_add_ps(_mm512_add_ps(t[i][0], t[i][1]), t[i][2])));
-            _mm512_storeu_ps(u + (4 * i + 2) * rows + r,
-                             _mm512_mul_ps(half, _mm512_add_ps(_mm512_sub_ps(t[i][0], t[i][1]), t[i][2])));
-            _mm512_storeu_ps(u + (4 * i + 3) * rows + r, t[i][2]);
+        for (int i = 0; i < side; i++) {  /* then along the columns */
+            __m512 out[5];
+            gatedrnn_winograd_taps16(side, t[i], out);
+            for (int j = 0; j < side; j++)
+                _mm512_storeu_ps(u + (side * i + j) * rows + r, out[j]);
         }
     }
-    gatedrnn_winograd_weights_scalar(g, rows, u, r, last);
+    gatedrnn_winograd_weights_scalar(side, g, rows, u, r, last);
+}
+
+static inline void gatedrnn_winograd_weights(long side, const float* g, long rows, float* u, long first, long last) {
+    if (side == 4)
+        gatedrnn_winograd_weights_side(4, g, rows, u, first, last);
+    else
+        gatedrnn_winograd_weights_side(5, g, rows, u, first, last);
 }
 
 /* V = B^T d B for tiles [tile, tile + count) of the batch (sample-major, tiles_h x tiles_w a
@@ -204,34 +225,6 @@ static inline void gatedrnn_winograd_input(const float* x, long sample_stride, l
         }
         t += run;
     }
-}
-
-/* gatedrnn_winograd_weights_s2_scalar 16 kernels a step (as gatedrnn_winograd_weights). */
-static inline void gatedrnn_winograd_weights_s2(const float* g, long rows, float* u, long first, long last) {
-    const __m512i stride = _mm512_setr_epi32(0, 9, 18, 27, 36, 45, 54, 63, 72, 81, 90, 99, 108, 117, 126, 135);
-    long r = first;
-    for (; r + 16 <= last; r += 16) {
-        const float* k = g + 9 * r;
-        __m512 t[5][3];
-        for (int j = 0; j < 3; j++) {
-            __m512 k0 = _mm512_i32gather_ps(stride, k + j, 4);
-            __m512 k1 = _mm512_i32gather_ps(stride, k + 3 + j, 4);
-            __m512 k2 = _mm512_i32gather_ps(stride, k + 6 + j, 4);
-            t[0][j] = k0;
-            t[1][j] = _mm512_add_ps(k0, k2);
-            t[2][j] = k2;
-            t[3][j] = k1;
-            t[4][j] = k1;
-        }
-        for (int i = 0; i < 5; i++) {
-            _mm512_storeu_ps(u + (5 * i + 0) * rows + r, t[i][0]);
-            _mm512_storeu_ps(u + (5 * i + 1) * rows + r, _mm512_add_ps(t[i][0], t[i][2]));
-            _mm512_storeu_ps(u + (5 * i + 2) * rows + r, t[i][2]);
-            _mm512_storeu_ps(u + (5 * i + 3) * rows + r, t[i][1]);
-            _mm512_storeu_ps(u + (5 * i + 4) * rows + r, t[i][1]);
-        }
-    }
-    gatedrnn_winograd_weights_s2_scalar(g, rows, u, r, last);
 }
 
 /* gatedrnn_winograd_input for the stride-2 scheme: tile (ty, tx)'s patch d is 5x5, from input
@@ -491,11 +484,8 @@ static inline void gatedrnn_winograd_grad_weights(const float* s, long positions
 
 #else  /* no AVX-512: conv.pyx never takes the Winograd path (the stubs keep it linking) */
 
-static inline void gatedrnn_winograd_weights(const float* g, long rows, float* u, long first, long last) {
-    gatedrnn_winograd_weights_scalar(g, rows, u, first, last);
-}
-static inline void gatedrnn_winograd_weights_s2(const float* g, long rows, float* u, long first, long last) {
-    gatedrnn_winograd_weights_s2_scalar(g, rows, u, first, last);
+static inline void gatedrnn_winograd_weights(long side, const float* g, long rows, float* u, long first, long last) {
+    gatedrnn_winograd_weights_scalar(side, g, rows, u, first, last);
 }
 static inline void gatedrnn_winograd_input_s2(const float* x, long sample_stride, long channels, long height,
                                               long width, long pad_top, long pad_left, long tiles_h, long tiles_w,

@@ -81,7 +81,8 @@ cdef extern from "_conv_gemm.h" nogil:
                                                         int accumulate)
 
 cdef extern from "_conv_winograd.h" nogil:
-    void winograd_weights "gatedrnn_winograd_weights"(const float* g, long rows, float* u, long first, long last)
+    void winograd_weights "gatedrnn_winograd_weights"(long side, const float* g, long rows, float* u, long first,
+                                                      long last)
     void winograd_input "gatedrnn_winograd_input"(const float* x, long sample_stride, long channels, long height,
                                                   long width, long pad_top, long pad_left, long tiles_h,
                                                   long tiles_w, long tile, long count, float* v, long ld)
@@ -94,8 +95,6 @@ cdef extern from "_conv_winograd.h" nogil:
     void winograd_output "gatedrnn_winograd_output"(const float* m, long positions, long ld, long count, long tile,
                                                     long tiles_h, long tiles_w, float* y, long sample_stride,
                                                     long out_h, long out_w, float shift)
-    void winograd_weights_s2 "gatedrnn_winograd_weights_s2"(const float* g, long rows, float* u, long first,
-                                                            long last)
     void winograd_input_s2 "gatedrnn_winograd_input_s2"(const float* x, long sample_stride, long channels,
                                                         long height, long width, long pad_top, long pad_left,
                                                         long tiles_h, long tiles_w, long tile, long count, float* v,
@@ -668,15 +667,6 @@ def set_winograd(bint enabled):
     return previous
 
 
-cdef inline void _winograd_weights(Py_ssize_t positions, const float* w, Py_ssize_t rows, float* u,
-                                   Py_ssize_t first, Py_ssize_t last) noexcept nogil:
-    """U for the kernels of rows [first, last): the stride-1 (16 positions) or stride-2 (25) scheme."""
-    if positions == 16:
-        winograd_weights(w, rows, u, first, last)
-    else:
-        winograd_weights_s2(w, rows, u, first, last)
-
-
 cdef void _winograd_block(const Geometry* g, const float* x, const float* u, const float* bias, float* y,
                           Py_ssize_t group, Py_ssize_t o0, Py_ssize_t o1, Py_ssize_t flat, Py_ssize_t count,
                           float* v, float* m, Py_ssize_t ld) noexcept nogil:
@@ -729,6 +719,7 @@ cdef int _winograd_forward(const Geometry* g, const float* x, const float* w, co
     cdef Py_ssize_t work = g.groups * total
     cdef bint by_channels = g.groups == 1 and total < 2 * PANEL * num_threads
     cdef Py_ssize_t positions = _winograd_positions(g)
+    cdef Py_ssize_t side = 5 if positions == 25 else 4  # of the transformed tile
     cdef Py_ssize_t block = WINOGRAD_BUDGET // (positions * (g.group_channels + g.group_out))
     block = (block + PANEL // 2) // PANEL * PANEL
     if block < PANEL:
@@ -757,7 +748,7 @@ cdef int _winograd_forward(const Geometry* g, const float* x, const float* w, co
         with nogil:
             if not by_channels:
                 for chunk in prange(chunks, schedule="static", num_threads=num_threads):
-                    _winograd_weights(positions, w, rows, u, chunk * 256, min(chunk * 256 + 256, rows))
+                    winograd_weights(side, w, rows, u, chunk * 256, min(chunk * 256 + 256, rows))
             with parallel(num_threads=num_threads):
                 thread = openmp.omp_get_thread_num()
                 threads = openmp.omp_get_num_threads()
@@ -769,7 +760,7 @@ cdef int _winograd_forward(const Geometry* g, const float* x, const float* w, co
                     o0 = _row_share(g.out_channels, thread, threads)
                     o1 = _row_share(g.out_channels, thread + 1, threads)
                     if o0 < o1:
-                        _winograd_weights(positions, w, rows, u, o0 * g.group_channels, o1 * g.group_channels)
+                        winograd_weights(side, w, rows, u, o0 * g.group_channels, o1 * g.group_channels)
                         position = 0
                         while position < total:
                             count = total - position

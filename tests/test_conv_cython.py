@@ -120,6 +120,20 @@ def torch_and_ours(x, w, b, **options):
     return expected, ours
 
 
+def on_threads(counts, function):
+    """function() with torch's thread count set to each of `counts` in turn (restored after): the
+    results in that order."""
+    previous = torch.get_num_threads()
+    try:
+        results = []
+        for threads in counts:
+            torch.set_num_threads(threads)
+            results.append(function())
+        return results
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_float32_paths_match_torch_float64(name):
     check(CASES[name])
@@ -187,17 +201,12 @@ def test_row_bands_match_torch_and_the_plain_forward(name):
     expected, ours = torch_and_ours(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups)
 
     # Winograd takes the 3x3 stride-1 cases where it applies: off here, to test the bands
-    previous_threads, previous_bands = torch.get_num_threads(), extension.set_row_bands(True)
-    previous_winograd = extension.set_winograd(False)
+    previous_bands, previous_winograd = extension.set_row_bands(True), extension.set_winograd(False)
     try:
-        runs = []
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            runs.append(ours())
+        runs = on_threads((1, 2, 3), ours)
         extension.set_row_bands(False)
         plain = ours()
     finally:
-        torch.set_num_threads(previous_threads)
         extension.set_row_bands(previous_bands)
         extension.set_winograd(previous_winograd)
     for label, a, e, p in zip(("y", "grad_x", "grad_w", "grad_b"), runs[0], expected, plain):
@@ -299,16 +308,12 @@ def test_winograd_matches_torch_and_the_direct_forward(name):
     b = torch.randn(c_out, generator=generator, dtype=torch.float64)
     expected, ours = torch_and_ours(x, w, b, stride=stride, padding=padding, groups=groups)
 
-    previous_threads, previous_winograd = torch.get_num_threads(), extension.set_winograd(True)
+    previous_winograd = extension.set_winograd(True)
     try:
-        runs = []
-        for threads in (1, 2, 3, 5):
-            torch.set_num_threads(threads)
-            runs.append(ours())
+        runs = on_threads((1, 2, 3, 5), ours)
         extension.set_winograd(False)
         direct = ours()
     finally:
-        torch.set_num_threads(previous_threads)
         extension.set_winograd(previous_winograd)
     for label, a, e, d in zip(("y", "grad_x", "grad_w", "grad_b"), runs[0], expected, direct):
         assert float((a.double() - e).norm() / e.norm()) <= TOLERANCE, label
