@@ -100,6 +100,19 @@ cdef extern from "_conv_winograd.h" nogil:
                                                         long tiles_h, long tiles_w, long tile, long count, float* v,
                                                         long ld)
 
+cdef extern from "_conv_winograd_rows.h" nogil:
+    int ROWS_POSITIONS "GATEDRNN_WINOGRAD_ROWS_POSITIONS"
+    int ROWS_TILE "GATEDRNN_WINOGRAD_ROWS_TILE"
+    void winograd_rows_weights "gatedrnn_winograd_rows_weights"(const float* w, long rows, float* u, long first,
+                                                                long last)
+    void winograd_rows_input "gatedrnn_winograd_rows_input"(const float* x, long sample_stride, long channels,
+                                                            long height, long width, long kernel_h, long stride_h,
+                                                            long dilation_h, long pad_top, long pad_left, long out_h,
+                                                            long tiles_w, long tile, long count, float* v, long ld)
+    void winograd_rows_output "gatedrnn_winograd_rows_output"(const float* m, long ld, long count, long tile,
+                                                              long out_h, long tiles_w, float* y, long sample_stride,
+                                                              long out_w, float shift)
+
 
 cdef inline void _matmul(bint trans_a, long m, long n, long k, const floating* a, long lda,
                          const floating* b, long ldb, bint accumulate, floating* c, long ldc) noexcept nogil:
@@ -163,7 +176,8 @@ cdef Py_ssize_t WEIGHT_TILE = 128
 cdef Py_ssize_t WIDE_TILE = 256
 
 
-# Winograd for the float32 forward and weight gradient of 3x3 layers (_winograd_positions).
+# Winograd for the float32 forward and weight gradient of 3x3 layers (_winograd_positions) and
+# for the forward of 7-wide stride-2 layers along the rows (_winograd_rows).
 cdef bint WINOGRAD = True
 # Fewest input channels a group for it: measured Winograd / direct time at batch 8, 2 threads:
 # 4 -> 4 @56 1.16, 8 -> 8 @56 1.04, 8 -> 64 @56 1.42, 16 -> 16 @56 0.81, 16 -> 64 @28 0.72,
@@ -172,11 +186,19 @@ cdef bint WINOGRAD = True
 cdef Py_ssize_t WINOGRAD_MIN_CHANNELS = 16
 cdef Py_ssize_t WINOGRAD_MIN_OUT = 8
 # Elements of one thread's transformed patches and GEMM results in the forward (P x (Cg + Og)
-# x block tiles, P = 16 or 25 positions).
+# x block tiles, P = 16 or 25 positions; along the rows 13 x (Cg KH + Og) x block: 128 tiles on
+# the stem, where 64 .. 384 measured within 3%, 2 threads).
 cdef Py_ssize_t WINOGRAD_BUDGET = 131072
 # Tiles a block of the Winograd weight gradient: the reduction of its GEMMs (one KC block of the
 # register kernel), S read and written once a block.
 cdef Py_ssize_t WINOGRAD_WEIGHT_BLOCK = 128
+# Winograd along the rows (7-wide stride-2 kernels) needs this many reduction terms (input
+# channels a group times kernel rows): its 13 GEMMs reduce over them, and the transforms cost per
+# term what a short GEMM cannot repay. Winograd / direct forward time, 2 threads, 7-wide kernels
+# at stride 2: the stem (21 terms: 3 channels, 7 rows) 0.72-0.74, 16 channels 7 rows (112) 0.55,
+# 64 channels (448) 0.51; 1 channel, 7 rows (7 terms), 16 outputs 0.96, 8 outputs 1.03; 3 channels
+# 1 row (3) 1.13; 1 channel 1 row 1.62.
+cdef Py_ssize_t WINOGRAD_ROWS_MIN_TERMS = 8
 cdef inline Py_ssize_t _round_up(Py_ssize_t value, Py_ssize_t multiple) noexcept nogil:
     return (value + multiple - 1) // multiple * multiple
 
@@ -658,9 +680,10 @@ def forward_winograd(Py_ssize_t batch, Py_ssize_t channels, Py_ssize_t height, P
 
 
 def set_winograd(bint enabled):
-    """Let the float32 forward and weight gradient of 3x3 convolutions run Winograd (True, the
-    default, where :func:`forward_winograd` says it applies) or never; return the previous
-    setting. For tests and benchmarks."""
+    """Let the float32 forward and weight gradient of 3x3 convolutions and the forward of 7-wide
+    stride-2 ones run Winograd (True, the default, where :func:`forward_winograd` and
+    :func:`forward_winograd_rows` say it applies) or never; return the previous setting. For
+    tests and benchmarks."""
     global WINOGRAD
     previous = WINOGRAD
     WINOGRAD = enabled
@@ -787,6 +810,116 @@ cdef int _winograd_forward(const Geometry* g, const float* x, const float* w, co
     return 0
 
 
+cdef bint _winograd_rows(const Geometry* g) noexcept nogil:
+    """The float32 forward of this geometry runs :func:`_winograd_rows_forward`: a 7-wide,
+    stride-2, undilated kernel along the rows (ResNet's 7x7/2 stem; any kernel height, stride and
+    dilation down the columns) with WINOGRAD_ROWS_MIN_TERMS reduction terms (Cg KH) and
+    WINOGRAD_MIN_OUT output channels a group, on the register kernel."""
+    return (CONV_AVX512 and WINOGRAD and g.kernel_w == 7 and g.stride_w == 2 and g.dilation_w == 1
+            and g.group_channels * g.kernel_h >= WINOGRAD_ROWS_MIN_TERMS and g.group_out >= WINOGRAD_MIN_OUT)
+
+
+def forward_winograd_rows(Py_ssize_t batch, Py_ssize_t channels, Py_ssize_t height, Py_ssize_t width,
+                          Py_ssize_t out_channels, Py_ssize_t kernel_h, Py_ssize_t kernel_w, Py_ssize_t out_height,
+                          Py_ssize_t out_width, int sh, int sw, int pt, int pl, int dh, int dw, int groups):
+    """Whether the float32 forward of this geometry runs Winograd along the rows (7-wide stride-2
+    kernels, _conv_winograd_rows.h). For tests."""
+    cdef Geometry g = _geometry(batch, channels, height, width, out_channels, kernel_h, kernel_w, out_height,
+                                out_width, sh, sw, pt, pl, dh, dw, groups)
+    return bool(_winograd_rows(&g))
+
+
+cdef void _winograd_rows_block(const Geometry* g, const float* x, const float* u, const float* bias, float* y,
+                               Py_ssize_t group, Py_ssize_t flat, Py_ssize_t count, float* v, float* m,
+                               Py_ssize_t ld) noexcept nogil:
+    """Every output channel of group ``group`` for tiles [flat, flat + count) of the batch (four
+    outputs of a row each): transform the tiles' input spans into v (13 rows a reduction term,
+    Cg KH terms), 13 GEMMs M_p = U_p @ V_p into m (13 Og rows) on the register kernel, then each
+    channel's outputs into y."""
+    cdef Py_ssize_t tiles_w = (g.out_width + ROWS_TILE - 1) // ROWS_TILE
+    cdef Py_ssize_t per_sample = g.out_height * tiles_w
+    cdef Py_ssize_t plane = g.height * g.width
+    cdef Py_ssize_t terms = g.group_channels * g.kernel_h
+    cdef Py_ssize_t rows = g.out_channels * terms
+    cdef Py_ssize_t sample = flat // per_sample
+    cdef Py_ssize_t p, o, channel
+    winograd_rows_input(x + group * g.group_channels * plane, g.channels * plane, g.group_channels, g.height,
+                        g.width, g.kernel_h, g.stride_h, g.dilation_h, g.pad_top, g.pad_left, g.out_height,
+                        tiles_w, flat, count, v, ld)
+    for p in range(ROWS_POSITIONS):
+        conv_sgemm(g.group_out, count, terms, u + p * rows + group * g.group_out * terms, terms, 1, v + p * ld,
+                   ROWS_POSITIONS * ld, m + p * ld, ROWS_POSITIONS * ld, 0)
+    for o in range(g.group_out):
+        channel = group * g.group_out + o
+        winograd_rows_output(m + ROWS_POSITIONS * o * ld, ld, count, flat - sample * per_sample, g.out_height, tiles_w,
+                             y + (sample * g.out_channels + channel) * g.pixels, g.out_channels * g.pixels,
+                             g.out_width, bias[channel] if bias != NULL else 0)
+
+
+cdef int _winograd_rows_forward(const Geometry* g, const float* x, const float* w, const float* bias, float* y,
+                                int num_threads) except -1:
+    """The forward of a 7-wide stride-2 convolution by Winograd along the rows
+    (_conv_winograd_rows.h): tiles of four outputs of a row, per tile, kernel row and channel
+    pair 13 multiply-adds instead of 28 (the even taps as F(4, 4), the odd ones as F(4, 3)).
+
+    The weights are transformed into U (13 x C_out x Cg KH) by all threads, then the threads split
+    the (group, tile) columns (equal shares rounded to PANEL tiles) and take their share in blocks
+    of ``block`` tiles: :func:`_winograd_rows_block`. Each output is summed in an order fixed by
+    the shapes alone (the GEMM's over the reduction terms, then the transform's), so the result
+    does not depend on the threads or blocks."""
+    cdef Py_ssize_t tiles_w = (g.out_width + ROWS_TILE - 1) // ROWS_TILE
+    cdef Py_ssize_t total = g.batch * g.out_height * tiles_w
+    cdef Py_ssize_t work = g.groups * total
+    cdef Py_ssize_t terms = g.group_channels * g.kernel_h
+    cdef Py_ssize_t block = WINOGRAD_BUDGET // (ROWS_POSITIONS * (terms + g.group_out))
+    block = (block + PANEL // 2) // PANEL * PANEL
+    if block < PANEL:
+        block = PANEL
+    if block > total:
+        block = total
+    cdef Py_ssize_t ld = _round_up(block, 16)
+    cdef Py_ssize_t v_size = ROWS_POSITIONS * terms * ld
+    cdef Py_ssize_t per_thread = v_size + ROWS_POSITIONS * g.group_out * ld
+    cdef Py_ssize_t rows = g.out_channels * terms  # kernel rows of 7 taps
+    cdef Py_ssize_t chunk, chunks = (rows + 255) // 256
+    cdef Py_ssize_t thread, threads, position, end, group, flat, count
+    cdef float* v
+    cdef float* m
+    cdef float* u = <float*> malloc(ROWS_POSITIONS * rows * sizeof(float))
+    if u == NULL:
+        raise MemoryError("conv2d_forward: could not allocate the transformed weights")
+    cdef float* allocation = <float*> malloc(num_threads * per_thread * sizeof(float) + 64)
+    if allocation == NULL:
+        free(u)
+        raise MemoryError("conv2d_forward: could not allocate the Winograd buffers")
+    cdef float* buffers = _aligned(allocation)
+    try:
+        with nogil:
+            for chunk in prange(chunks, schedule="static", num_threads=num_threads):
+                winograd_rows_weights(w, rows, u, chunk * 256, min(chunk * 256 + 256, rows))
+            with parallel(num_threads=num_threads):
+                thread = openmp.omp_get_thread_num()
+                threads = openmp.omp_get_num_threads()
+                v = buffers + thread * per_thread
+                m = v + v_size
+                position = _share_edge(work, total, thread, threads)
+                end = _share_edge(work, total, thread + 1, threads)
+                while position < end:
+                    group = position // total
+                    flat = position - group * total
+                    count = end - position
+                    if count > block:
+                        count = block
+                    if count > total - flat:
+                        count = total - flat
+                    _winograd_rows_block(g, x, u, bias, y, group, flat, count, v, m, ld)
+                    position = position + count
+    finally:
+        free(allocation)
+        free(u)
+    return 0
+
+
 cdef int _winograd_grad_weight(const Geometry* g, const float* grad_y, const float* x, float* grad_w,
                                int num_threads) except -1:
     """The weight gradient of a 3x3 convolution by Winograd (stride 1: F(2x2, 3x3), 16
@@ -892,6 +1025,8 @@ cdef int _forward(const Geometry* geometry, const floating* x, const floating* w
     if floating is float:
         if _winograd_positions(&g) > 0 and g.batch * g.pixels > 0:
             return _winograd_forward(&g, x, w, bias, y, max(num_threads, 1))
+        if _winograd_rows(&g) and g.batch * g.pixels > 0:
+            return _winograd_rows_forward(&g, x, w, bias, y, max(num_threads, 1))
     cdef Py_ssize_t total = g.batch * g.pixels
     cdef Py_ssize_t work = g.groups * total
     cdef Py_ssize_t position, end, group, flat, count, thread, threads, band, band_columns

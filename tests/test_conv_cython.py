@@ -357,6 +357,99 @@ def test_winograd_with_fewer_openmp_threads_than_asked():
     assert result.stdout.strip().endswith("ok")
 
 
+def test_winograd_rows_plan():
+    """Which float32 forwards run Winograd along the rows: a 7-wide, stride-2, undilated kernel
+    (any height, stride and dilation down the columns) with at least 8 reduction terms (input
+    channels a group times kernel rows) and 8 output channels a group, on the register kernel."""
+    extension = conv_ops.cpu_module("conv")
+
+    def plan(batch, channels, size, out_channels, kernel=(7, 7), stride=(2, 2), padding=(3, 3), dilation=(1, 1),
+             groups=1):
+        out = [(size + 2 * p - d * (k - 1) - 1) // s + 1 for k, s, p, d in zip(kernel, stride, padding, dilation)]
+        return extension.forward_winograd_rows(batch, channels, size, size, out_channels, *kernel, *out, *stride,
+                                               *padding, *dilation, groups)
+
+    kernel_path = extension.REGISTER_KERNEL
+    assert plan(8, 3, 224, 64) == kernel_path                          # ResNet's stem
+    assert plan(1, 2, 9, 8) == kernel_path                             # 14 terms
+    assert plan(2, 6, 20, 16, groups=2) == kernel_path                 # 3 channels a group
+    assert plan(2, 3, 20, 8, kernel=(3, 7), stride=(3, 2), padding=(1, 3), dilation=(2, 1)) == kernel_path
+    assert plan(8, 1, 64, 16) == 0                                     # 7 terms
+    assert plan(8, 3, 64, 16, kernel=(1, 7), padding=(0, 3)) == 0     # 3 terms
+    assert plan(8, 3, 64, 4) == 0                                      # fewer outputs than a register block
+    assert plan(8, 3, 64, 16, stride=(2, 1)) == 0
+    assert plan(8, 3, 64, 16, kernel=(5, 5), padding=(2, 2)) == 0
+    assert plan(8, 3, 64, 16, dilation=(1, 2), padding=(3, 6)) == 0
+    previous = extension.set_winograd(False)
+    try:
+        assert plan(8, 3, 224, 64) == 0
+    finally:
+        extension.set_winograd(previous)
+
+
+# (batch, in_channels, height, width, out_channels, kernel_h, stride_h, padding (h, w),
+# dilation_h, groups); kernels 7 wide at stride 2 along the rows
+WINOGRAD_ROWS_GEOMETRIES = {
+    # the stem at 112 x 112: 56 x 56 outputs, 14 tiles of 4 a row, blocks of 128 tiles across rows
+    "stem": (1, 3, 112, 112, 64, 7, 2, (3, 3), 1, 1),
+    # output widths 17 and 19: the last tile of a row one and three quarters used
+    "width-17": (2, 3, 21, 33, 16, 7, 2, (3, 3), 1, 1),
+    "width-19": (2, 3, 21, 37, 16, 7, 2, (3, 3), 1, 1),
+    # no padding (12 outputs from 30: the spans end inside the image), and padding 5 on the left
+    # (a tile's span starting 5 columns before the image)
+    "valid": (3, 3, 19, 30, 8, 7, 2, (0, 0), 1, 1),
+    "padding-1-5": (2, 3, 16, 16, 8, 7, 2, (1, 5), 1, 1),
+    # other kernel heights, strides and dilations down the columns
+    "rows-5-stride-1-dilation-2": (2, 4, 15, 27, 12, 5, 1, (4, 3), 2, 1),
+    "rows-3-stride-3": (2, 3, 23, 25, 8, 3, 3, (1, 2), 1, 1),
+    # two groups of 3 input and 8 output channels
+    "groups": (2, 6, 17, 40, 16, 7, 2, (3, 3), 1, 2),
+    # 20 tiles a row (16 + 4 in the vector steps), 77 outputs
+    "wide-rows": (1, 3, 9, 153, 8, 7, 2, (3, 3), 1, 1),
+    # one output a sample
+    "one-pixel": (3, 3, 1, 1, 8, 7, 2, (3, 3), 1, 1),
+    # 600 output channels: blocks of 32 tiles; and 448 reduction terms: the GEMMs' reduction in
+    # four blocks of the register kernel
+    "many-outputs": (2, 3, 20, 20, 600, 7, 2, (3, 3), 1, 1),
+    "many-terms": (1, 64, 14, 14, 16, 7, 2, (3, 3), 1, 1),
+}
+
+
+@pytest.mark.parametrize("name", list(WINOGRAD_ROWS_GEOMETRIES))
+def test_winograd_rows_matches_torch_and_the_direct_forward(name):
+    """The forward by Winograd along the rows against torch (float64) and against the same call
+    without it (every gradient too, which do not take it), and the same bits on 1, 2, 3 and 5
+    threads."""
+    extension = conv_ops.cpu_module("conv")
+    batch, c_in, height, width, c_out, kernel_h, stride_h, padding, dilation_h, groups = WINOGRAD_ROWS_GEOMETRIES[name]
+    out_height = (height + 2 * padding[0] - dilation_h * (kernel_h - 1) - 1) // stride_h + 1
+    out_width = (width + 2 * padding[1] - 7) // 2 + 1
+    assert extension.forward_winograd_rows(batch, c_in, height, width, c_out, kernel_h, 7, out_height, out_width,
+                                           stride_h, 2, padding[0], padding[1], dilation_h, 1,
+                                           groups) == extension.REGISTER_KERNEL
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(batch, c_in, height, width, generator=generator, dtype=torch.float64)
+    w = torch.randn(c_out, c_in // groups, kernel_h, 7, generator=generator, dtype=torch.float64)
+    b = torch.randn(c_out, generator=generator, dtype=torch.float64)
+    options = dict(stride=(stride_h, 2), padding=padding, dilation=(dilation_h, 1), groups=groups)
+    expected, ours = torch_and_ours(x, w, b, **options)
+
+    previous_winograd = extension.set_winograd(True)
+    try:
+        runs = on_threads((1, 2, 3, 5), ours)
+        extension.set_winograd(False)
+        direct = ours()
+    finally:
+        extension.set_winograd(previous_winograd)
+    for label, a, e, d in zip(("y", "grad_x", "grad_w", "grad_b"), runs[0], expected, direct):
+        assert float((a.double() - e).norm() / e.norm()) <= TOLERANCE, label
+        assert float((a - d).norm() / d.norm()) <= TOLERANCE, label
+        assert float((a.double() - e).abs().max()) <= 1e-4 * float(e.abs().max()), label
+    if extension.REGISTER_KERNEL:
+        for run in runs[1:]:
+            assert torch.equal(run[0], runs[0][0])
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_thread_counts_agree_and_repeat_bitwise(threads):
     """Any thread count gives the right answer; for one count, two runs agree to the bit."""
