@@ -23,6 +23,10 @@ AVX-512, calls BLAS (cython_blas, single-threaded inside our threads). On the ke
   (_winograd_grad_weight: 16 GEMMs reducing over the tiles; 1.2-2.0x). At stride 2 both run a
   25-position form where the tiles fit the output (ResNet-18's 56 and 28 inputs: forward
   1.27-1.29x, weight gradient 1.14-1.30x);
+- the forward of a 7-wide stride-2 kernel (ResNet's 7x7/2 stem) runs Winograd along the rows
+  (_winograd_rows_forward, _conv_winograd_rows.h): tiles of 4 outputs of a row, the even taps as
+  F(4, 4) and the odd ones as F(4, 3), 13 GEMMs over the input channels and kernel rows
+  (the stem, 2 threads: 1.4x the direct forward's speed);
 - other forward tiles run over the whole batch's pixels (sample-major) and may span samples (the 7x7
   outputs of a ResNet's last stage are 49 pixels a sample: 392 a batch fill whole blocks), the
   GEMM then writing to a buffer scattered to each sample; on such small images with padding,
