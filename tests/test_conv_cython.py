@@ -134,6 +134,28 @@ def on_threads(counts, function):
         torch.set_num_threads(previous)
 
 
+def check_winograd(extension, x, w, b, bitwise, **options):
+    """Our float32 call with Winograd (where it applies) against torch in float64 and against
+    the same call without it, forward and every gradient (relative norm, and no element off by
+    more than float32 rounding of the largest terms); and its first ``bitwise`` results (y,
+    grad_x, grad_w) the same bits on 1, 2, 3 and 5 threads."""
+    expected, ours = torch_and_ours(x, w, b, **options)
+    previous_winograd = extension.set_winograd(True)
+    try:
+        runs = on_threads((1, 2, 3, 5), ours)
+        extension.set_winograd(False)
+        direct = ours()
+    finally:
+        extension.set_winograd(previous_winograd)
+    for label, a, e, d in zip(("y", "grad_x", "grad_w", "grad_b"), runs[0], expected, direct):
+        assert float((a.double() - e).norm() / e.norm()) <= TOLERANCE, label
+        assert float((a - d).norm() / d.norm()) <= TOLERANCE, label
+        assert float((a.double() - e).abs().max()) <= 1e-4 * float(e.abs().max()), label
+    if extension.REGISTER_KERNEL:
+        for run in runs[1:]:
+            assert all(torch.equal(a, b) for a, b in zip(run[:bitwise], runs[0][:bitwise]))
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_float32_paths_match_torch_float64(name):
     check(CASES[name])
@@ -306,23 +328,7 @@ def test_winograd_matches_torch_and_the_direct_forward(name):
     x = torch.randn(batch, c_in, height, width, generator=generator, dtype=torch.float64)
     w = torch.randn(c_out, c_in // groups, 3, 3, generator=generator, dtype=torch.float64)
     b = torch.randn(c_out, generator=generator, dtype=torch.float64)
-    expected, ours = torch_and_ours(x, w, b, stride=stride, padding=padding, groups=groups)
-
-    previous_winograd = extension.set_winograd(True)
-    try:
-        runs = on_threads((1, 2, 3, 5), ours)
-        extension.set_winograd(False)
-        direct = ours()
-    finally:
-        extension.set_winograd(previous_winograd)
-    for label, a, e, d in zip(("y", "grad_x", "grad_w", "grad_b"), runs[0], expected, direct):
-        assert float((a.double() - e).norm() / e.norm()) <= TOLERANCE, label
-        assert float((a - d).norm() / d.norm()) <= TOLERANCE, label
-        # no element off by more than float32 rounding of the largest terms
-        assert float((a.double() - e).abs().max()) <= 1e-4 * float(e.abs().max()), label
-    if extension.REGISTER_KERNEL:
-        for run in runs[1:]:
-            assert all(torch.equal(a, b) for a, b in zip(run[:3], runs[0][:3]))
+    check_winograd(extension, x, w, b, bitwise=3, stride=stride, padding=padding, groups=groups)
 
 
 WINOGRAD_TEAM_SCRIPT = """
@@ -431,23 +437,8 @@ def test_winograd_rows_matches_torch_and_the_direct_forward(name):
     x = torch.randn(batch, c_in, height, width, generator=generator, dtype=torch.float64)
     w = torch.randn(c_out, c_in // groups, kernel_h, 7, generator=generator, dtype=torch.float64)
     b = torch.randn(c_out, generator=generator, dtype=torch.float64)
-    options = dict(stride=(stride_h, 2), padding=padding, dilation=(dilation_h, 1), groups=groups)
-    expected, ours = torch_and_ours(x, w, b, **options)
-
-    previous_winograd = extension.set_winograd(True)
-    try:
-        runs = on_threads((1, 2, 3, 5), ours)
-        extension.set_winograd(False)
-        direct = ours()
-    finally:
-        extension.set_winograd(previous_winograd)
-    for label, a, e, d in zip(("y", "grad_x", "grad_w", "grad_b"), runs[0], expected, direct):
-        assert float((a.double() - e).norm() / e.norm()) <= TOLERANCE, label
-        assert float((a - d).norm() / d.norm()) <= TOLERANCE, label
-        assert float((a.double() - e).abs().max()) <= 1e-4 * float(e.abs().max()), label
-    if extension.REGISTER_KERNEL:
-        for run in runs[1:]:
-            assert torch.equal(run[0], runs[0][0])
+    check_winograd(extension, x, w, b, bitwise=1, stride=(stride_h, 2), padding=padding, dilation=(dilation_h, 1),
+                   groups=groups)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
