@@ -97,6 +97,16 @@ static inline long gatedrnn_winograd_run(long flat, long left, long most, long t
     return run < most ? run : most;
 }
 
+/* The masks of `loads` vector loads of a span of `span` input values from column `first` of a
+   row `width` wide (load l: values 16 l .. 16 l + 15): set where the value lies in the image, so
+   that the masked loads read zeros for the padding and never touch memory outside the row. */
+static inline void gatedrnn_winograd_span_masks(long first, long width, long span, int loads, __mmask16* masks) {
+    long low = first < 0 ? -first : 0;
+    long high = width - first < span ? width - first : span;
+    for (int l = 0; l < loads; l++)
+        masks[l] = gatedrnn_mask16(high - 16 * l) & (__mmask16) ~gatedrnn_mask16(low - 16 * l);
+}
+
 /* gatedrnn_winograd_taps on 16 kernels' taps at once. */
 static inline __attribute__((always_inline)) void gatedrnn_winograd_taps16(long side, const __m512 w[3],
                                                                            __m512 out[5]) {
@@ -178,12 +188,8 @@ static inline void gatedrnn_winograd_input(const float* x, long sample_stride, l
         long n, ty, tx;
         long run = gatedrnn_winograd_run(tile + t, count - t, 16, tiles_h, tiles_w, &n, &ty, &tx);
         long first = 2 * tx - pad_left;  /* input column of the tiles' patch column 0 */
-        /* the values q = 0 .. 2 run + 1 of a patch row lie in the image for q in [low, high) */
-        long low = first < 0 ? -first : 0;
-        long high = width - first < 2 * run + 2 ? width - first : 2 * run + 2;
-        __mmask16 m0 = gatedrnn_mask16(high) & (__mmask16) ~gatedrnn_mask16(low);
-        __mmask16 m1 = gatedrnn_mask16(high - 16) & (__mmask16) ~gatedrnn_mask16(low - 16);
-        __mmask16 m2 = gatedrnn_mask16(high - 32) & (__mmask16) ~gatedrnn_mask16(low - 32);
+        __mmask16 masks[3];  /* a patch row: the values 0 .. 2 run + 1 from column first */
+        gatedrnn_winograd_span_masks(first, width, 2 * run + 2, 3, masks);
         __mmask16 lanes = gatedrnn_mask16(run);
         const float* sample = x + n * sample_stride;
         for (long c = 0; c < channels; c++) {
@@ -197,9 +203,9 @@ static inline void gatedrnn_winograd_input(const float* x, long sample_stride, l
                     continue;
                 }
                 const float* source = channel + row * width + first;  /* masked: never read outside */
-                __m512 l0 = _mm512_maskz_loadu_ps(m0, source);
-                __m512 l1 = _mm512_maskz_loadu_ps(m1, source + 16);
-                __m512 l2 = _mm512_maskz_loadu_ps(m2, source + 32);
+                __m512 l0 = _mm512_maskz_loadu_ps(masks[0], source);
+                __m512 l1 = _mm512_maskz_loadu_ps(masks[1], source + 16);
+                __m512 l2 = _mm512_maskz_loadu_ps(masks[2], source + 32);
                 __m512 s0 = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(l1),
                                                                     _mm512_castps_si512(l0), 2));
                 __m512 s1 = _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(l2),
@@ -245,12 +251,8 @@ static inline void gatedrnn_winograd_input_s2(const float* x, long sample_stride
         long n, ty, tx;
         long run = gatedrnn_winograd_run(tile + t, count - t, 16, tiles_h, tiles_w, &n, &ty, &tx);
         long first = 4 * tx - pad_left;
-        /* the values q = 0 .. 4 run of a patch row lie in the image for q in [low, high) */
-        long low = first < 0 ? -first : 0;
-        long high = width - first < 4 * run + 1 ? width - first : 4 * run + 1;
-        __mmask16 masks[5];
-        for (int l = 0; l < 5; l++)
-            masks[l] = gatedrnn_mask16(high - 16 * l) & (__mmask16) ~gatedrnn_mask16(low - 16 * l);
+        __mmask16 masks[5];  /* a patch row: the values 0 .. 4 run from column first */
+        gatedrnn_winograd_span_masks(first, width, 4 * run + 1, 5, masks);
         __mmask16 lanes = gatedrnn_mask16(run);
         const float* sample = x + n * sample_stride;
         for (long c = 0; c < channels; c++) {

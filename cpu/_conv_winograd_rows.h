@@ -158,12 +158,8 @@ static inline void gatedrnn_winograd_rows_input(const float* x, long sample_stri
         long n, oy, tx;
         long run = gatedrnn_winograd_run(tile + t, count - t, 16, out_h, tiles_w, &n, &oy, &tx);
         long first = 8 * tx - pad_left;
-        /* the values q = 0 .. 8 run + 4 of a kernel row's span lie in the image for q in [low, high) */
-        long low = first < 0 ? -first : 0;
-        long high = width - first < 8 * run + 5 ? width - first : 8 * run + 5;
-        __mmask16 masks[9];
-        for (int l = 0; l < 9; l++)
-            masks[l] = gatedrnn_mask16(high - 16 * l) & (__mmask16) ~gatedrnn_mask16(low - 16 * l);
+        __mmask16 masks[9];  /* a kernel row's span: the values 0 .. 8 run + 4 from column first */
+        gatedrnn_winograd_span_masks(first, width, 8 * run + 5, 9, masks);
         __mmask16 lanes = gatedrnn_mask16(run);
         const float* sample = x + n * sample_stride;
         for (long c = 0; c < channels; c++) {
