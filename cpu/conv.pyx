@@ -175,8 +175,9 @@ cdef Py_ssize_t FLIP_BELOW = 256
 # alone gives 28) 64 was 5% slower than 128, 256 no better (2 shared cores: +-5% noise); with
 # the whole-reduction GEMM (gatedrnn_conv_sgemm_whole), 200, 256 and 512 no better either.
 cdef Py_ssize_t WEIGHT_TILE = 128
-# Pixels per chunk of the wide weight gradient (_grad_weight_wide): at most one sample's, and
-# no more than this, so that a thread's transposed chunk (WIDE_TILE x 128 channels, 128 KiB) stays in L2.
+# Pixels per chunk of the wide weight gradient (_grad_weight_wide): at most one sample's (or
+# whole samples of at most half of it), and no more than this, so that a thread's transposed chunk
+# (WIDE_TILE x 128 channels, 128 KiB) stays in L2.
 cdef Py_ssize_t WIDE_TILE = 256
 
 
@@ -1252,7 +1253,14 @@ cdef void _grad_weight_wide(const Geometry* g, const floating* grad_y, const flo
     order, whatever the thread count. (The transposed path, _grad_weight_tile, would transpose
     the grad_y tile, twice the size of the unfolded one here.) Weight gradient alone, 2 threads,
     p10 of 300 calls, against BLAS with per-thread partial sums: 64->128/2 0.70 -> 0.58 ms,
-    128->256/2 0.64 -> 0.54, 256->512/2 0.73 -> 0.55 (142-160 -> 176-192 GFLOP/s)."""
+    128->256/2 0.64 -> 0.54, 256->512/2 0.73 -> 0.55 (142-160 -> 176-192 GFLOP/s).
+
+    Samples of at most WIDE_TILE / 2 pixels go several to a chunk, grad_y's rows then read in
+    runs of a sample's pixels (gatedrnn_conv_sgemm_runs): on 7x7 outputs one sample a chunk
+    made GEMMs of 49-step reductions, each pass over this thread's 512 x 128 block of grad_w
+    (256 KiB) carrying 49 steps of work; five a chunk, 245 steps in KC blocks of two samples
+    (98 steps: whole runs). 256->512/2, medians of 5 s of calls: 2 threads 0.69-0.75 -> 0.53-0.55
+    ms, 1 thread 1.10 -> 1.09."""
     cdef Py_ssize_t c0 = _wide_edge(g.reduction, thread, threads)
     cdef Py_ssize_t c1 = _wide_edge(g.reduction, thread + 1, threads)
     cdef Py_ssize_t width = c1 - c0
@@ -1266,9 +1274,29 @@ cdef void _grad_weight_wide(const Geometry* g, const floating* grad_y, const flo
     rows.reduction = width
     if width <= 0:
         return
-    # a sample's pixels in equal chunks of at most WIDE_TILE (784 = 4 x 196, not 3 x 256 + 16)
+    # a sample's pixels in equal chunks of at most WIDE_TILE (784 = 4 x 196, not 3 x 256 + 16);
+    # samples of fewer pixels several to a chunk (the 49 of a 7x7 output: 5, a reduction of 245)
     cdef Py_ssize_t chunks = (g.pixels + WIDE_TILE - 1) // WIDE_TILE
     cdef Py_ssize_t chunk = (g.pixels + chunks - 1) // chunks
+    cdef Py_ssize_t together = WIDE_TILE // g.pixels if g.pixels <= WIDE_TILE // 2 else 1
+    cdef Py_ssize_t s, samples
+    if together > 1:
+        n = 0
+        while n < g.batch:
+            samples = g.batch - n
+            if samples > together:
+                samples = together
+            for s in range(samples):
+                _im2col(&rows, x + ((n + s) * g.channels + c0) * plane, 0, g.pixels, col + s * g.pixels, WIDE_TILE)
+            if floating is float:
+                transpose(col, width, samples * g.pixels, WIDE_TILE, col_t, ld_t)
+                # grad_y's columns (the pixels of these samples) in runs of a sample's pixels,
+                # one run every C_out * pixels (the next sample's plane of the same channel)
+                conv_sgemm_runs(g.out_channels, width, samples * g.pixels, grad_y + n * g.out_channels * g.pixels,
+                                g.pixels, 1, g.pixels, g.out_channels * g.pixels, col_t, ld_t, grad_w + c0,
+                                g.reduction, n > 0)
+            n = n + samples
+        return
     for n in range(g.batch):
         first = 0
         while first < g.pixels:

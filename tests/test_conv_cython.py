@@ -55,6 +55,8 @@ CASES = {
     "1x1-wide-weight-chunks": (2, 40, 40, 72, 1, 2, 0, 1),
     # ... with padding (zero columns in the unfolded chunk), stride 3 and odd sizes
     "1x1-wide-weight-padding": (3, 33, 13, 70, 1, 3, 1, 1),
+    # ... 7x7 outputs (49 pixels): five samples a chunk, the batch of 11 in chunks of 5, 5 and 1
+    "1x1-wide-weight-samples": (11, 24, 13, 40, 1, 2, 0, 1),
     # 1x1 stride 2 input gradient written row by row (no memset): odd input width (15 -> 8
     # columns, the last input column read by no output), and a sample too large for one tile
     # (32 x 10000 > 262144: the memset-and-add fallback)
@@ -456,17 +458,11 @@ def test_thread_counts_agree_and_repeat_bitwise(threads):
         torch.set_num_threads(previous)
 
 
-def test_wide_weight_gradient_does_not_depend_on_the_thread_count():
+@pytest.mark.parametrize("name", ["1x1-wide-weight-chunks", "1x1-wide-weight-samples"])
+def test_wide_weight_gradient_does_not_depend_on_the_thread_count(name):
     """The wide weight gradient gives each thread whole columns of grad_w, every element summed
     over the samples and pixels in one order: the same bits on 1, 2 and 3 threads."""
-    previous = torch.get_num_threads()
-    gradients = []
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            gradients.append(check(CASES["1x1-wide-weight-chunks"])[2])
-    finally:
-        torch.set_num_threads(previous)
+    gradients = on_threads((1, 2, 3), lambda: check(CASES[name])[2])
     if conv_ops.cpu_module("conv").REGISTER_KERNEL:
         assert torch.equal(gradients[0], gradients[1]) and torch.equal(gradients[0], gradients[2])
     else:  # the BLAS fallback (no AVX-512) splits the sum by threads
