@@ -137,8 +137,7 @@ def _(input, weight, bias, stride, padding, dilation, groups, backend):
     return input.new_empty(_output_shape(input, weight, stride, padding, dilation))
 
 
-@torch.library.custom_op("gatedrnn::conv2d_backward", mutates_args=())
-def _conv2d_backward_op(grad_output: Tensor, input: Tensor, weight: Tensor, stride: Sequence[int],
+def _conv2d_backward_body(grad_output: Tensor, input: Tensor, weight: Tensor, stride: Sequence[int],
                         padding: Sequence[int], dilation: Sequence[int], groups: int, backend: str,
                         output_mask: Sequence[bool]) -> Tuple[Tensor, Tensor, Tensor]:
     grad_output, input, weight = _as_backend_reads(backend, grad_output, input, weight)
@@ -159,6 +158,10 @@ def _conv2d_backward_op(grad_output: Tensor, input: Tensor, weight: Tensor, stri
     return grad_input, grad_weight, grad_bias
 
 
+_conv2d_backward_op = torch.library.custom_op("gatedrnn::conv2d_backward", _conv2d_backward_body, mutates_args=())
+_conv2d_backward = eager_or_op(_conv2d_backward_op, _conv2d_backward_body)
+
+
 @_conv2d_backward_op.register_fake
 def _(grad_output, input, weight, stride, padding, dilation, groups, backend, output_mask):
     return (input.new_empty(input.shape if output_mask[0] else (0,)),
@@ -175,7 +178,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_output):
     input, weight = ctx.saved_tensors
     need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
-    grad_input, grad_weight, grad_bias = _conv2d_backward_op(
+    grad_input, grad_weight, grad_bias = _conv2d_backward(
         grad_output, input, weight, *ctx.arguments, [need_input, need_weight, need_bias])
     return (grad_input if need_input else None, grad_weight if need_weight else None,
             grad_bias if need_bias else None, None, None, None, None, None)
@@ -183,7 +186,7 @@ def _backward(ctx, grad_output):
 
 _conv2d_op.register_autograd(_backward, setup_context=_setup_context)
 # what the public functions call: the op, or its body where nothing needs the dispatch
-_conv2d = eager_or_op(_conv2d_op, _conv2d_forward)
+_conv2d = eager_or_op(_conv2d_op, _conv2d_forward, _setup_context, _backward)
 
 
 # --- public functions ---------------------------------------------------------------------------

@@ -91,14 +91,18 @@ def _(weight, indices, padding_idx, backend):
     return weight.new_empty((indices.shape[0], weight.shape[1]))
 
 
-@torch.library.custom_op("gatedrnn::embedding_backward", mutates_args=())
-def _embedding_backward_op(grad_output: Tensor, indices: Tensor, num_weights: int, padding_idx: int,
-                           backend: str) -> Tensor:
+def _embedding_backward_body(grad_output: Tensor, indices: Tensor, num_weights: int, padding_idx: int,
+                             backend: str) -> Tensor:
     grad_output, indices = grad_output.contiguous(), indices.contiguous()
     if indices.shape[0] == 0 or grad_output.shape[1] == 0:
         return grad_output.new_zeros((num_weights, grad_output.shape[1]))
     _, backward = _implementations(backend)
     return backward(grad_output, indices, num_weights, padding_idx)
+
+
+_embedding_backward_op = torch.library.custom_op(
+    "gatedrnn::embedding_backward", _embedding_backward_body, mutates_args=())
+_embedding_backward = eager_or_op(_embedding_backward_op, _embedding_backward_body)
 
 
 @_embedding_backward_op.register_fake
@@ -116,12 +120,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_output):
     (indices,) = ctx.saved_tensors
-    grad_weight = _embedding_backward_op(grad_output, indices, ctx.num_weights, ctx.padding_idx, ctx.backend)
+    grad_weight = _embedding_backward(grad_output, indices, ctx.num_weights, ctx.padding_idx, ctx.backend)
     return grad_weight, None, None, None
 
 
 _embedding_op.register_autograd(_backward, setup_context=_setup_context)
-_embedding = eager_or_op(_embedding_op, _embedding_forward)
+_embedding = eager_or_op(_embedding_op, _embedding_forward, _setup_context, _backward)
 
 
 def embedding(

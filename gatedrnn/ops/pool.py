@@ -172,14 +172,18 @@ def _(input, kernel_size, stride, padding, dilation, ceil_mode, backend):
     return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
 
 
-@torch.library.custom_op("gatedrnn::max_pool2d_backward", mutates_args=())
-def _max_pool2d_backward_op(grad_output: Tensor, indices: Tensor, input_size: Sequence[int],
+def _max_pool2d_backward_body(grad_output: Tensor, indices: Tensor, input_size: Sequence[int],
                             kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
                             dilation: Sequence[int], backend: str) -> Tensor:
     if grad_output.numel() == 0:
         return grad_output.new_zeros(tuple(input_size))
     return _implementations(backend).max_backward(grad_output.contiguous(), indices.contiguous(), list(input_size),
                                                   list(kernel_size), list(stride), list(padding), list(dilation))
+
+
+_max_pool2d_backward_op = torch.library.custom_op(
+    "gatedrnn::max_pool2d_backward", _max_pool2d_backward_body, mutates_args=())
+_max_pool2d_backward = eager_or_op(_max_pool2d_backward_op, _max_pool2d_backward_body)
 
 
 @_max_pool2d_backward_op.register_fake
@@ -197,12 +201,12 @@ def _max_setup_context(ctx, inputs, output):
 
 def _max_backward(ctx, grad_output, _grad_indices):
     (indices,) = ctx.saved_tensors
-    grad_input = _max_pool2d_backward_op(grad_output, indices, ctx.input_size, *ctx.geometry, ctx.backend)
+    grad_input = _max_pool2d_backward(grad_output, indices, ctx.input_size, *ctx.geometry, ctx.backend)
     return grad_input, None, None, None, None, None, None
 
 
 _max_pool2d_op.register_autograd(_max_backward, setup_context=_max_setup_context)
-_max_pool2d = eager_or_op(_max_pool2d_op, _max_pool2d_forward)
+_max_pool2d = eager_or_op(_max_pool2d_op, _max_pool2d_forward, _max_setup_context, _max_backward)
 
 
 def _avg_pool2d_forward(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
@@ -223,8 +227,7 @@ def _(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor
     return input.new_empty(_pool_shape(input.shape, kernel_size, stride, padding, (1, 1), ceil_mode))
 
 
-@torch.library.custom_op("gatedrnn::avg_pool2d_backward", mutates_args=())
-def _avg_pool2d_backward_op(grad_output: Tensor, input_size: Sequence[int], kernel_size: Sequence[int],
+def _avg_pool2d_backward_body(grad_output: Tensor, input_size: Sequence[int], kernel_size: Sequence[int],
                             stride: Sequence[int], padding: Sequence[int], ceil_mode: bool,
                             count_include_pad: bool, divisor_override: Optional[int], backend: str) -> Tensor:
     if grad_output.numel() == 0:
@@ -232,6 +235,11 @@ def _avg_pool2d_backward_op(grad_output: Tensor, input_size: Sequence[int], kern
     return _implementations(backend).avg_backward(grad_output.contiguous(), list(input_size), list(kernel_size),
                                                   list(stride), list(padding), ceil_mode, count_include_pad,
                                                   divisor_override)
+
+
+_avg_pool2d_backward_op = torch.library.custom_op(
+    "gatedrnn::avg_pool2d_backward", _avg_pool2d_backward_body, mutates_args=())
+_avg_pool2d_backward = eager_or_op(_avg_pool2d_backward_op, _avg_pool2d_backward_body)
 
 
 @_avg_pool2d_backward_op.register_fake
@@ -245,12 +253,12 @@ def _avg_setup_context(ctx, inputs, output):
 
 
 def _avg_backward(ctx, grad_output):
-    grad_input = _avg_pool2d_backward_op(grad_output, ctx.input_size, *ctx.arguments)
+    grad_input = _avg_pool2d_backward(grad_output, ctx.input_size, *ctx.arguments)
     return (grad_input,) + (None,) * 7
 
 
 _avg_pool2d_op.register_autograd(_avg_backward, setup_context=_avg_setup_context)
-_avg_pool2d = eager_or_op(_avg_pool2d_op, _avg_pool2d_forward)
+_avg_pool2d = eager_or_op(_avg_pool2d_op, _avg_pool2d_forward, _avg_setup_context, _avg_backward)
 
 
 def _adaptive_avg_pool2d_forward(input: Tensor, output_size: Sequence[int], backend: str) -> Tensor:
@@ -269,11 +277,15 @@ def _(input, output_size, backend):
     return input.new_empty(tuple(input.shape[:2]) + tuple(output_size))
 
 
-@torch.library.custom_op("gatedrnn::adaptive_avg_pool2d_backward", mutates_args=())
-def _adaptive_avg_pool2d_backward_op(grad_output: Tensor, input_size: Sequence[int], backend: str) -> Tensor:
+def _adaptive_avg_pool2d_backward_body(grad_output: Tensor, input_size: Sequence[int], backend: str) -> Tensor:
     if grad_output.numel() == 0:
         return grad_output.new_zeros(tuple(input_size))
     return _implementations(backend).adaptive_backward(grad_output.contiguous(), list(input_size))
+
+
+_adaptive_avg_pool2d_backward_op = torch.library.custom_op(
+    "gatedrnn::adaptive_avg_pool2d_backward", _adaptive_avg_pool2d_backward_body, mutates_args=())
+_adaptive_avg_pool2d_backward = eager_or_op(_adaptive_avg_pool2d_backward_op, _adaptive_avg_pool2d_backward_body)
 
 
 @_adaptive_avg_pool2d_backward_op.register_fake
@@ -287,11 +299,12 @@ def _adaptive_setup_context(ctx, inputs, output):
 
 
 def _adaptive_backward(ctx, grad_output):
-    return _adaptive_avg_pool2d_backward_op(grad_output, ctx.input_size, ctx.backend), None, None
+    return _adaptive_avg_pool2d_backward(grad_output, ctx.input_size, ctx.backend), None, None
 
 
 _adaptive_avg_pool2d_op.register_autograd(_adaptive_backward, setup_context=_adaptive_setup_context)
-_adaptive_avg_pool2d = eager_or_op(_adaptive_avg_pool2d_op, _adaptive_avg_pool2d_forward)
+_adaptive_avg_pool2d = eager_or_op(_adaptive_avg_pool2d_op, _adaptive_avg_pool2d_forward, _adaptive_setup_context,
+                                   _adaptive_backward)
 
 
 # --- argument checks --------------------------------------------------------------------------------
