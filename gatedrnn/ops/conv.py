@@ -138,8 +138,8 @@ def _(input, weight, bias, stride, padding, dilation, groups, backend):
 
 
 def _conv2d_backward_body(grad_output: Tensor, input: Tensor, weight: Tensor, stride: Sequence[int],
-                        padding: Sequence[int], dilation: Sequence[int], groups: int, backend: str,
-                        output_mask: Sequence[bool]) -> Tuple[Tensor, Tensor, Tensor]:
+                          padding: Sequence[int], dilation: Sequence[int], groups: int, backend: str,
+                          output_mask: Sequence[bool]) -> Tuple[Tensor, Tensor, Tensor]:
     grad_output, input, weight = _as_backend_reads(backend, grad_output, input, weight)
     if input.shape[0] == 0:
         return (input.new_zeros(input.shape if output_mask[0] else (0,)),

@@ -173,8 +173,8 @@ def _(input, kernel_size, stride, padding, dilation, ceil_mode, backend):
 
 
 def _max_pool2d_backward_body(grad_output: Tensor, indices: Tensor, input_size: Sequence[int],
-                            kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
-                            dilation: Sequence[int], backend: str) -> Tensor:
+                              kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
+                              dilation: Sequence[int], backend: str) -> Tensor:
     if grad_output.numel() == 0:
         return grad_output.new_zeros(tuple(input_size))
     return _implementations(backend).max_backward(grad_output.contiguous(), indices.contiguous(), list(input_size),
@@ -228,8 +228,8 @@ def _(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor
 
 
 def _avg_pool2d_backward_body(grad_output: Tensor, input_size: Sequence[int], kernel_size: Sequence[int],
-                            stride: Sequence[int], padding: Sequence[int], ceil_mode: bool,
-                            count_include_pad: bool, divisor_override: Optional[int], backend: str) -> Tensor:
+                              stride: Sequence[int], padding: Sequence[int], ceil_mode: bool,
+                              count_include_pad: bool, divisor_override: Optional[int], backend: str) -> Tensor:
     if grad_output.numel() == 0:
         return grad_output.new_zeros(tuple(input_size))
     return _implementations(backend).avg_backward(grad_output.contiguous(), list(input_size), list(kernel_size),
