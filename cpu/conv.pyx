@@ -725,6 +725,20 @@ cdef void _winograd_block(const Geometry* g, const float* x, const float* u, con
                         g.out_height, g.out_width, bias[channel] if bias != NULL else 0)
 
 
+cdef float* _winograd_allocate(Py_ssize_t u_size, Py_ssize_t buffer_size, float** u, float** allocation) except NULL:
+    """The Winograd forwards' memory: U (u_size floats) into u[0], and the threads' buffers
+    (buffer_size floats, 64 spare bytes) into allocation[0]; returns the buffers' first 64-byte
+    boundary. Raises MemoryError (nothing left allocated) if either fails."""
+    u[0] = <float*> malloc(u_size * sizeof(float))
+    if u[0] == NULL:
+        raise MemoryError("conv2d_forward: could not allocate the transformed weights")
+    allocation[0] = <float*> malloc(buffer_size * sizeof(float) + 64)
+    if allocation[0] == NULL:
+        free(u[0])
+        raise MemoryError("conv2d_forward: could not allocate the Winograd buffers")
+    return _aligned(allocation[0])
+
+
 cdef int _winograd_forward(const Geometry* g, const float* x, const float* w, const float* bias, float* y,
                            int num_threads) except -1:
     """The forward of a 3x3 convolution by Winograd (_conv_winograd.h): 2x2 output tiles, per
@@ -764,14 +778,9 @@ cdef int _winograd_forward(const Geometry* g, const float* x, const float* w, co
     cdef Py_ssize_t thread, threads, position, end, group, flat, count, o0, o1
     cdef float* v
     cdef float* m
-    cdef float* u = <float*> malloc(positions * rows * sizeof(float))
-    if u == NULL:
-        raise MemoryError("conv2d_forward: could not allocate the transformed weights")
-    cdef float* allocation = <float*> malloc(num_threads * per_thread * sizeof(float) + 64)
-    if allocation == NULL:
-        free(u)
-        raise MemoryError("conv2d_forward: could not allocate the Winograd buffers")
-    cdef float* buffers = _aligned(allocation)
+    cdef float* u
+    cdef float* allocation
+    cdef float* buffers = _winograd_allocate(positions * rows, num_threads * per_thread, &u, &allocation)
     try:
         with nogil:
             if not by_channels:
@@ -890,14 +899,9 @@ cdef int _winograd_rows_forward(const Geometry* g, const float* x, const float* 
     cdef Py_ssize_t thread, threads, position, end, group, flat, count
     cdef float* v
     cdef float* m
-    cdef float* u = <float*> malloc(ROWS_POSITIONS * rows * sizeof(float))
-    if u == NULL:
-        raise MemoryError("conv2d_forward: could not allocate the transformed weights")
-    cdef float* allocation = <float*> malloc(num_threads * per_thread * sizeof(float) + 64)
-    if allocation == NULL:
-        free(u)
-        raise MemoryError("conv2d_forward: could not allocate the Winograd buffers")
-    cdef float* buffers = _aligned(allocation)
+    cdef float* u
+    cdef float* allocation
+    cdef float* buffers = _winograd_allocate(ROWS_POSITIONS * rows, num_threads * per_thread, &u, &allocation)
     try:
         with nogil:
             for chunk in prange(chunks, schedule="static", num_threads=num_threads):
