@@ -15,8 +15,13 @@ Execution modes (chosen by :func:`choose_config`, logged at debug level):
   global memory with a spin barrier per step (split-hidden mode; needs a co-resident grid, so
   it is launched cooperatively and never on the interpreter).
 * ``per_step``: the same kernel launched once per step (and phase); the launch boundary is the
-  barrier. Fallback when the split grid cannot be co-resident, and the interpreter-safe form of
-  the split-hidden mode.
+  barrier. The interpreter-safe form of the split-hidden mode.
+* ``gemm``: per step, the recurrent product as one tiled GEMM (``recurrent_matmul_kernel``,
+  128 x 128 tiles over all of B x G*H) and then the same kernel with ``RECURRENT=1``, which reads
+  that product instead of computing it: the fused gate math, masking and carries only. Fallback
+  when the split grid cannot be co-resident (B = 256 with H >= 768 and larger): there the
+  per-step launches of the in-kernel product ran 64 x 64 tiles that re-read h and W_hh from L2
+  (0.24-0.5 of cuDNN on the H200), where a GEMM's tiles read each W_hh element once per step.
 
 State exchanged between programs (h forward, gate gradients backward) lives in global buffers
 in the dot dtype (what the dot consumes), with row stride HP (H rounded up to the hidden tile,
@@ -126,6 +131,54 @@ def _stacked_matmul(src_rows, src_ok, K, w_ptr, stride_k, col_offs, col_ok,
 
 
 @triton.jit
+def _store_gate_grad(dg_at, step_at, value, vmask, mask, RECURRENT: tl.constexpr):
+    """Store a gate gradient (zero where the step lies past a row's length) at its time step
+    and, in the GEMM per-step mode, also in the step's (B, G*HP) buffer that the next step's
+    recurrent GEMM reads (row-indexed: with reverse and lengths, rows sit at different t)."""
+    v = tl.where(vmask, value, 0.0).to(dg_at.dtype.element_ty)
+    tl.store(dg_at, v, mask=mask)
+    if RECURRENT == 1:
+        tl.store(step_at, v, mask=mask)
+
+
+@triton.jit
+def recurrent_matmul_kernel(a_ptr, w_ptr, c_ptr, M, N, K, lda, ldw, ldc,
+                            W_TRANSPOSED: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                            PRECISION: tl.constexpr):
+    """c[m, n] = sum_k a[m, k] * w[n, k] (W_TRANSPOSED: w is (N, K)) or a[m, k] * w[k, n]
+    (w is (K, N)), float32 out: the recurrent product of one step in the GEMM per-step mode
+    (forward h @ W_hh^T; backward gate gradients @ W_hh). a, w: dot dtype, row-major with row
+    strides lda, ldw; c: float32, row stride ldc. No split over K: deterministic.
+
+    Programs are ordered M-fastest so those running together share one W tile: W_hh (64 MB in
+    float32 at H = 2048, more than the H200's L2) streams from HBM once per step, while the
+    small a (B rows) stays in L2."""
+    pid = tl.program_id(0)
+    m_tiles = tl.cdiv(M, BLOCK_M)
+    pid_m = pid % m_tiles
+    pid_n = pid // m_tiles
+    ms = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = ms < M
+    n_ok = ns < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_ok = ks < K
+        a = tl.load(a_ptr + ms[:, None] * lda + ks[None, :], mask=m_ok[:, None] & k_ok[None, :],
+                    other=0.0)
+        if W_TRANSPOSED:
+            w = tl.load(w_ptr + ns[None, :] * ldw + ks[:, None],
+                        mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        else:
+            w = tl.load(w_ptr + ks[:, None] * ldw + ns[None, :],
+                        mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(a, w, acc, input_precision=PRECISION)
+    tl.store(c_ptr + ms[:, None] * ldc + ns[None, :], acc, mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
 def _split4(acc, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """(BLOCK_B, 4*BLOCK_H) with gate-major columns -> four (BLOCK_B, BLOCK_H)."""
     x = tl.permute(tl.reshape(acc, (BLOCK_B, 4, BLOCK_H)), (0, 2, 1))
@@ -179,6 +232,8 @@ def recurrent_forward_kernel(
                          # zero past H)
         c_state_ptr,    # (B, H) float32 LSTM cell state carried between launches
         exchange_ptr,   # (2, B, HP) dot dtype: r*h exchanged between the GRU reset_before phases
+        hh_ptr,         # (B, G*HP) float32: this step's h @ W_hh^T (RECURRENT == 1; the n
+                        # columns of GRU reset_before hold (r*h) @ W_hn^T in phase 2)
         out_ptr,        # (T, B, H) input dtype
         ws_ptr,         # (T, B, WS_WIDTH*H) workspace
         sem_ptr,        # (n_batch_tiles,) int32 barrier words (SYNC_GRID)
@@ -186,12 +241,15 @@ def recurrent_forward_kernel(
         CELL: tl.constexpr, NUM_GATES: tl.constexpr, WS_WIDTH: tl.constexpr,
         PHASES: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-        SYNC: tl.constexpr, PRECISION: tl.constexpr):
+        SYNC: tl.constexpr, PRECISION: tl.constexpr, RECURRENT: tl.constexpr):
     """Steps [step_begin, step_end) of the forward recurrence for one (batch tile, hidden tile).
 
     Program id = batch_tile * n_hidden_tiles + hidden_tile. PHASES (bit mask) selects the
     phases run per step: GRU reset_before has two (r,z then n, with an exchange of r*h between
-    them); every other cell has one (PHASES=1)."""
+    them); every other cell has one (PHASES=1). RECURRENT: 0 computes h @ W_hh^T here (stacked
+    dots over the exchanged h); 1 reads it from hh_ptr, written by recurrent_matmul_kernel
+    before this launch (the GEMM per-step mode: one step per launch, the kernel is the fused
+    gate math only)."""
     pid = tl.program_id(0)
     n_htiles = tl.cdiv(H, BLOCK_H)
     pid_h = pid % n_htiles
@@ -215,6 +273,8 @@ def recurrent_forward_kernel(
     h = tl.load(h_state_ptr + own, mask=tile_ok, other=0.0)
     if CELL == 0:
         c = tl.load(c_state_ptr + own, mask=tile_ok, other=0.0)
+    if RECURRENT == 1:
+        hh_at = hh_ptr + rows[:, None] * (NUM_GATES * HP) + units[None, :]
     if CELL == 1:
         b_hn = tl.load(b_hn_ptr + units, mask=unit_ok, other=0.0).to(tl.float32)
 
@@ -237,10 +297,16 @@ def recurrent_forward_kernel(
             x_f = tl.load(x_at + H, mask=tile_ok, other=0.0).to(tl.float32)
             x_g = tl.load(x_at + 2 * H, mask=tile_ok, other=0.0).to(tl.float32)
             x_o = tl.load(x_at + 3 * H, mask=tile_ok, other=0.0).to(tl.float32)
-            cols, cols_ok = _gate_columns(pid_h * BLOCK_H, H, HP, 4, 4, BLOCK_H)
-            acc = _stacked_matmul(h_src_rows, row_ok, HP, w_hh_ptr, 1, cols, cols_ok, BLOCK_B,
-                                  4 * BLOCK_H, BLOCK_K, PRECISION)
-            m_i, m_f, m_g, m_o = _split4(acc, BLOCK_B, BLOCK_H)
+            if RECURRENT == 0:
+                cols, cols_ok = _gate_columns(pid_h * BLOCK_H, H, HP, 4, 4, BLOCK_H)
+                acc = _stacked_matmul(h_src_rows, row_ok, HP, w_hh_ptr, 1, cols, cols_ok,
+                                      BLOCK_B, 4 * BLOCK_H, BLOCK_K, PRECISION)
+                m_i, m_f, m_g, m_o = _split4(acc, BLOCK_B, BLOCK_H)
+            else:
+                m_i = tl.load(hh_at, mask=tile_ok, other=0.0)
+                m_f = tl.load(hh_at + HP, mask=tile_ok, other=0.0)
+                m_g = tl.load(hh_at + 2 * HP, mask=tile_ok, other=0.0)
+                m_o = tl.load(hh_at + 3 * HP, mask=tile_ok, other=0.0)
             i = _sigmoid(x_i + m_i)
             f = _sigmoid(x_f + m_f)
             g = _tanh(x_g + m_g)
@@ -261,10 +327,15 @@ def recurrent_forward_kernel(
             x_r = tl.load(x_at, mask=tile_ok, other=0.0).to(tl.float32)
             x_z = tl.load(x_at + H, mask=tile_ok, other=0.0).to(tl.float32)
             x_n = tl.load(x_at + 2 * H, mask=tile_ok, other=0.0).to(tl.float32)
-            cols, cols_ok = _gate_columns(pid_h * BLOCK_H, H, HP, 4, 3, BLOCK_H)
-            acc = _stacked_matmul(h_src_rows, row_ok, HP, w_hh_ptr, 1, cols, cols_ok, BLOCK_B,
-                                  4 * BLOCK_H, BLOCK_K, PRECISION)
-            m_r, m_z, m_n, _unused = _split4(acc, BLOCK_B, BLOCK_H)
+            if RECURRENT == 0:
+                cols, cols_ok = _gate_columns(pid_h * BLOCK_H, H, HP, 4, 3, BLOCK_H)
+                acc = _stacked_matmul(h_src_rows, row_ok, HP, w_hh_ptr, 1, cols, cols_ok,
+                                      BLOCK_B, 4 * BLOCK_H, BLOCK_K, PRECISION)
+                m_r, m_z, m_n, _unused = _split4(acc, BLOCK_B, BLOCK_H)
+            else:
+                m_r = tl.load(hh_at, mask=tile_ok, other=0.0)
+                m_z = tl.load(hh_at + HP, mask=tile_ok, other=0.0)
+                m_n = tl.load(hh_at + 2 * HP, mask=tile_ok, other=0.0)
             r = _sigmoid(x_r + m_r)
             z = _sigmoid(x_z + m_z)
             hn = m_n + b_hn[None, :]
@@ -282,10 +353,14 @@ def recurrent_forward_kernel(
             rh_slot = exchange_ptr + (s % 2) * B * HP
             if PHASES % 2 == 1:
                 # Phase 1: r, z of own units; publish r*h for everybody's n gate.
-                cols, cols_ok = _gate_columns(pid_h * BLOCK_H, H, HP, 2, 2, BLOCK_H)
-                acc = _stacked_matmul(h_src_rows, row_ok, HP, w_hh_ptr, 1, cols, cols_ok,
-                                      BLOCK_B, 2 * BLOCK_H, BLOCK_K, PRECISION)
-                m_r, m_z = _split2(acc, BLOCK_B, BLOCK_H)
+                if RECURRENT == 0:
+                    cols, cols_ok = _gate_columns(pid_h * BLOCK_H, H, HP, 2, 2, BLOCK_H)
+                    acc = _stacked_matmul(h_src_rows, row_ok, HP, w_hh_ptr, 1, cols, cols_ok,
+                                          BLOCK_B, 2 * BLOCK_H, BLOCK_K, PRECISION)
+                    m_r, m_z = _split2(acc, BLOCK_B, BLOCK_H)
+                else:
+                    m_r = tl.load(hh_at, mask=tile_ok, other=0.0)
+                    m_z = tl.load(hh_at + HP, mask=tile_ok, other=0.0)
                 r = _sigmoid(tl.load(x_at, mask=tile_ok, other=0.0).to(tl.float32) + m_r)
                 z = _sigmoid(tl.load(x_at + H, mask=tile_ok, other=0.0).to(tl.float32) + m_z)
                 tl.store(ws_at, tl.where(vmask, r, 0.0).to(ws_ty), mask=tile_ok)
@@ -295,9 +370,12 @@ def recurrent_forward_kernel(
             if PHASES >= 2:
                 # Phase 2: n = tanh(x_n + W_hn (r*h)); r, z read back from the workspace (this
                 # program wrote them; the barrier above ordered it).
-                m_n = _stacked_matmul(rh_slot + rows * HP, row_ok, HP, w_hh_ptr + 2 * HP * HP,
-                                      1, units * HP, unit_ok, BLOCK_B, BLOCK_H, BLOCK_K,
-                                      PRECISION)
+                if RECURRENT == 0:
+                    m_n = _stacked_matmul(rh_slot + rows * HP, row_ok, HP,
+                                          w_hh_ptr + 2 * HP * HP, 1, units * HP, unit_ok,
+                                          BLOCK_B, BLOCK_H, BLOCK_K, PRECISION)
+                else:
+                    m_n = tl.load(hh_at + 2 * HP, mask=tile_ok, other=0.0)
                 z = tl.load(ws_at + H, mask=tile_ok & vmask, other=0.0).to(tl.float32)
                 n = _tanh(tl.load(x_at + 2 * H, mask=tile_ok, other=0.0).to(tl.float32) + m_n)
                 h_new = (1.0 - z) * n + z * h
@@ -308,8 +386,11 @@ def recurrent_forward_kernel(
                 _sync(sem, n_htiles, is_leader, SYNC)
         if CELL >= 3:
             x_a = tl.load(x_at, mask=tile_ok, other=0.0).to(tl.float32)
-            m_a = _stacked_matmul(h_src_rows, row_ok, HP, w_hh_ptr, 1, units * HP, unit_ok,
-                                  BLOCK_B, BLOCK_H, BLOCK_K, PRECISION)
+            if RECURRENT == 0:
+                m_a = _stacked_matmul(h_src_rows, row_ok, HP, w_hh_ptr, 1, units * HP, unit_ok,
+                                      BLOCK_B, BLOCK_H, BLOCK_K, PRECISION)
+            else:
+                m_a = tl.load(hh_at, mask=tile_ok, other=0.0)
             a = x_a + m_a
             if CELL == 3:
                 h_new = _tanh(a)
@@ -344,18 +425,24 @@ def recurrent_backward_kernel(
         dgate_ptr,      # (T, B, G*HP) dot dtype: gate gradients (hh side), also the exchange
                         # (zero in the padding units: the dh reduction runs over G*HP)
         dgate_n_ptr,    # (T, B, H) dot dtype: GRU reset_after d(pre-activation of n), ih side
+        hh_ptr,         # (B, HP) float32 (RECURRENT == 1): phase 1, the previous iteration's
+                        # gate gradients @ W_hh; phase 2 (GRU reset_before), da_n @ W_hn
+        dgate_step_ptr,  # (B, G*HP) dot dtype (RECURRENT == 1): this iteration's gate
+                         # gradients by row, what the next recurrent GEMM reads
         sem_ptr,        # (n_batch_tiles,) int32 barrier words
         iter_begin, iter_end, T, B, H, HP, reverse,
         CELL: tl.constexpr, NUM_GATES: tl.constexpr, WS_WIDTH: tl.constexpr,
         PHASES: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-        SYNC: tl.constexpr, PRECISION: tl.constexpr):
+        SYNC: tl.constexpr, PRECISION: tl.constexpr, RECURRENT: tl.constexpr):
     """Iterations [iter_begin, iter_end) of the reverse-time sweep; iteration k in 0..T:
     (a) finishes dh of step T-k (k > 0): dh += dgate[t] (all units) @ W_hh[:, own units];
     (b) computes the gate gradients of step T-1-k (k < T) for own units and writes them.
     A barrier follows (b), so (a) of the next iteration sees every program's gate gradients.
     GRU reset_before needs one more exchange per step (d(r*h) = W_hn^T da_n): phase 2.
-    Afterwards dh_state holds grad h0 and dc_state grad c0."""
+    Afterwards dh_state holds grad h0 and dc_state grad c0. RECURRENT == 1 (GEMM per-step
+    mode, one iteration per launch): the products over W_hh come from hh_ptr, computed by
+    recurrent_matmul_kernel from dgate_step_ptr between launches."""
     pid = tl.program_id(0)
     n_htiles = tl.cdiv(H, BLOCK_H)
     pid_h = pid % n_htiles
@@ -378,6 +465,7 @@ def recurrent_backward_kernel(
     dh = tl.load(dh_state_ptr + own, mask=tile_ok, other=0.0)
     if CELL == 0:
         dc = tl.load(dc_state_ptr + own, mask=tile_ok, other=0.0)
+    step_at = dgate_step_ptr + rows[:, None] * GHP + units[None, :]
 
     for k in range(iter_begin, iter_end):
         if PHASES % 2 == 1:
@@ -392,8 +480,12 @@ def recurrent_backward_kernel(
                     k_red = 2 * HP   # the n rows went through phase 2
                 else:
                     k_red = GHP
-                m_dh = _stacked_matmul(src, row_ok, k_red, w_hh_ptr, HP, units, unit_ok,
-                                       BLOCK_B, BLOCK_H, BLOCK_K, PRECISION)
+                if RECURRENT == 0:
+                    m_dh = _stacked_matmul(src, row_ok, k_red, w_hh_ptr, HP, units, unit_ok,
+                                           BLOCK_B, BLOCK_H, BLOCK_K, PRECISION)
+                else:
+                    m_dh = tl.load(hh_ptr + rows[:, None] * HP + units[None, :], mask=tile_ok,
+                                   other=0.0)
                 dh = dh + m_dh
             if k < T:
                 s = T - 1 - k
@@ -427,10 +519,12 @@ def recurrent_backward_kernel(
                     da_f = dc_tot * c_prev * f * (1.0 - f)
                     da_g = dc_tot * i * (1.0 - g * g)
                     da_o = dh_tot * tc * o * (1.0 - o)
-                    tl.store(dg_at, tl.where(vmask, da_i, 0.0).to(dg_ty), mask=dg_ok)
-                    tl.store(dg_at + HP, tl.where(vmask, da_f, 0.0).to(dg_ty), mask=dg_ok)
-                    tl.store(dg_at + 2 * HP, tl.where(vmask, da_g, 0.0).to(dg_ty), mask=dg_ok)
-                    tl.store(dg_at + 3 * HP, tl.where(vmask, da_o, 0.0).to(dg_ty), mask=dg_ok)
+                    _store_gate_grad(dg_at, step_at, da_i, vmask, dg_ok, RECURRENT)
+                    _store_gate_grad(dg_at + HP, step_at + HP, da_f, vmask, dg_ok, RECURRENT)
+                    _store_gate_grad(dg_at + 2 * HP, step_at + 2 * HP, da_g, vmask, dg_ok,
+                                     RECURRENT)
+                    _store_gate_grad(dg_at + 3 * HP, step_at + 3 * HP, da_o, vmask, dg_ok,
+                                     RECURRENT)
                     dc = tl.where(vmask, dc_tot * f, dc)
                     dh = tl.where(vmask, 0.0, dh_tot)
                 if CELL == 1 or CELL == 2:
@@ -442,19 +536,20 @@ def recurrent_backward_kernel(
                     n = tl.load(ws_at + 2 * H, mask=vtile, other=0.0).to(tl.float32)
                     da_n = dh_tot * (1.0 - z) * (1.0 - n * n)
                     da_z = dh_tot * (h_prev - n) * z * (1.0 - z)
-                    tl.store(dg_at + HP, tl.where(vmask, da_z, 0.0).to(dg_ty), mask=dg_ok)
+                    _store_gate_grad(dg_at + HP, step_at + HP, da_z, vmask, dg_ok, RECURRENT)
                     if CELL == 1:
                         r = tl.load(ws_at, mask=vtile, other=0.0).to(tl.float32)
                         hn = tl.load(ws_at + 3 * H, mask=vtile, other=0.0).to(tl.float32)
                         da_r = da_n * hn * r * (1.0 - r)
-                        tl.store(dg_at, tl.where(vmask, da_r, 0.0).to(dg_ty), mask=dg_ok)
-                        tl.store(dg_at + 2 * HP, tl.where(vmask, da_n * r, 0.0).to(dg_ty),
-                                 mask=dg_ok)
+                        _store_gate_grad(dg_at, step_at, da_r, vmask, dg_ok, RECURRENT)
+                        _store_gate_grad(dg_at + 2 * HP, step_at + 2 * HP, da_n * r, vmask,
+                                         dg_ok, RECURRENT)
                         tl.store(dgate_n_ptr + tb[:, None] * H + units[None, :],
                                  tl.where(vmask, da_n, 0.0).to(dg_ty), mask=tile_ok)
                         dh = tl.where(vmask, dh_tot * z, dh)
                     else:
-                        tl.store(dg_at + 2 * HP, tl.where(vmask, da_n, 0.0).to(dg_ty), mask=dg_ok)
+                        _store_gate_grad(dg_at + 2 * HP, step_at + 2 * HP, da_n, vmask, dg_ok,
+                                         RECURRENT)
                         tl.store(dh_total_ptr + own, dh_tot, mask=tile_ok)
                 if CELL >= 3:
                     h_t = tl.load(ws_at, mask=vtile, other=0.0).to(tl.float32)
@@ -462,7 +557,7 @@ def recurrent_backward_kernel(
                         da = dh_tot * (1.0 - h_t * h_t)
                     else:
                         da = tl.where(h_t > 0.0, dh_tot, 0.0)
-                    tl.store(dg_at, tl.where(vmask, da, 0.0).to(dg_ty), mask=dg_ok)
+                    _store_gate_grad(dg_at, step_at, da, vmask, dg_ok, RECURRENT)
                     dh = tl.where(vmask, 0.0, dh_tot)
             _sync(sem, n_htiles, is_leader, SYNC)
         if PHASES >= 2:
@@ -481,9 +576,13 @@ def recurrent_backward_kernel(
                 later = vtile & (s_vec > 0)[:, None]
                 ws_at = ws_ptr + tb[:, None] * (WS_WIDTH * H) + units[None, :]
                 dg_at = dgate_ptr + tb[:, None] * GHP + units[None, :]
-                d_rh = _stacked_matmul(dgate_ptr + (tb * GHP + 2 * HP), row_ok, HP,
-                                       w_hh_ptr + 2 * HP * HP, HP, units, unit_ok, BLOCK_B,
-                                       BLOCK_H, BLOCK_K, PRECISION)
+                if RECURRENT == 0:
+                    d_rh = _stacked_matmul(dgate_ptr + (tb * GHP + 2 * HP), row_ok, HP,
+                                           w_hh_ptr + 2 * HP * HP, HP, units, unit_ok, BLOCK_B,
+                                           BLOCK_H, BLOCK_K, PRECISION)
+                else:
+                    d_rh = tl.load(hh_ptr + rows[:, None] * HP + units[None, :], mask=tile_ok,
+                                   other=0.0)
                 h_prev = tl.load(out_ptr + (t_prev * B + rows)[:, None] * H + units[None, :],
                                  mask=later, other=0.0).to(tl.float32)
                 h_prev = h_prev + tl.load(h0_ptr + own, mask=tile_ok & first,
@@ -491,7 +590,7 @@ def recurrent_backward_kernel(
                 r = tl.load(ws_at, mask=vtile, other=0.0).to(tl.float32)
                 z = tl.load(ws_at + H, mask=vtile, other=0.0).to(tl.float32)
                 da_r = d_rh * h_prev * r * (1.0 - r)
-                tl.store(dg_at, tl.where(vmask, da_r, 0.0).to(dg_ty), mask=dg_ok)
+                _store_gate_grad(dg_at, step_at, da_r, vmask, dg_ok, RECURRENT)
                 dh_tot = tl.load(dh_total_ptr + own, mask=tile_ok, other=0.0)
                 dh = tl.where(vmask, dh_tot * z + d_rh * r, dh)
             _sync(sem, n_htiles, is_leader, SYNC)
@@ -517,8 +616,8 @@ def _pow2_at_least(n: int) -> int:
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    mode: str           # "persistent" | "per_step"
-    sync: int           # SYNC_* for persistent launches (per_step: SYNC_NONE)
+    mode: str           # "persistent" | "per_step" | "gemm"
+    sync: int           # SYNC_* for persistent launches (per_step, gemm: SYNC_NONE)
     block_b: int
     block_h: int
     block_k: int
@@ -527,6 +626,8 @@ class LaunchConfig:
     n_htiles: int
     num_stages: int = 3
     num_warps_bwd: int = 4
+    # gemm mode: recurrent_matmul_kernel's (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
+    matmul: tuple = ()
 
     @property
     def grid(self):
@@ -537,7 +638,7 @@ class LaunchConfig:
 # the loaded x: each one such tile) and NG * BLOCK_B * BLOCK_H <= 4096 stacked-accumulator
 # values (16 per thread at 8 warps). Larger tiles spilled in perf/compile_report.py (64x128
 # RNN float32: 255 regs + 1.5 KB stack; 64x32 LSTM/GRU: 255 regs + 8-96 B stack at any
-# BLOCK_K), so B=256 with H >= 768 runs per-step (no co-resident split fits).
+# BLOCK_K), so B=256 with H >= 768 runs the GEMM per-step mode (no co-resident split fits).
 MAX_TILE_VALUES = 2048
 MAX_ACC_VALUES = 4096
 # The split-hidden grid must be co-resident: one program per SM is what we assume fits
@@ -551,8 +652,9 @@ def choose_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
     """Pick mode and tiles for a (cell, H, B, dtype) on a device with sm_count SMs.
 
     mode forces "single" (one program per batch tile owns all units), "split" (split hidden,
-    persistent with the grid barrier; on the interpreter per-step instead), or "per_step".
-    Default: the widest co-resident split; per-step where it does not fit."""
+    persistent with the grid barrier; on the interpreter per-step instead), "per_step" or
+    "gemm". Default: the widest co-resident split; the GEMM per-step mode where it does not
+    fit."""
     G = NUM_GATES[cell]
     ng = 4 if G >= 3 else G
     # BLOCK_K: the K loop is latency-bound (an L2 round trip per iteration), so few, wide
@@ -604,6 +706,8 @@ def choose_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
         bh = max(MIN_DOT_TILE, min(h_pad // 2 if mode == "split" else 32, 32))
         bb = MIN_DOT_TILE if interpret else block_b
         return make("per_step", SYNC_NONE, bb, bh)
+    if mode == "gemm":
+        return _gemm_config(H, B, dtype, interpret)
     # Split hidden: smallest hidden tile that keeps the grid co-resident.
     max_programs = sm_count * PROGRAMS_PER_SM
     bh = MIN_DOT_TILE
@@ -615,8 +719,32 @@ def choose_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
         return cfg
     if mode == "split":
         raise ValueError("split-hidden mode does not fit co-resident on this device")
-    return make("per_step", SYNC_NONE, block_b,
-                min(MAX_TILE_VALUES // block_b, MAX_ACC_VALUES // (ng * block_b)))
+    return _gemm_config(H, B, dtype, interpret)
+
+
+def _gemm_config(H: int, B: int, dtype: torch.dtype, interpret: bool) -> LaunchConfig:
+    """The GEMM per-step mode's tiles: the gate-math kernel and recurrent_matmul_kernel.
+
+    Not yet timed on a GPU (no device in the sessions since this mode was written): the GEMM
+    tiles are the usual Ampere/Hopper Triton matmul shapes, 128 x 128 (64 x 128 for B <= 64,
+    where a 128-row tile would be half padding) with a K chunk of 32 float32 / 64 half
+    elements (32 KB a pipeline stage, 3 stages within sm_80's shared memory), 8 warps on
+    128-row tiles (64 accumulator registers a thread). The gate math has no dot: 16 x 64 tiles at
+    8 warps, 4 units a thread (16-byte vectors); at 4 warps the LSTM forward took 255 registers
+    and spilled 16-64 B (its 64-bit pointer tiles for x, hh, out, the workspace and the
+    exchange), the others 150-255 (perf/compile_report.py). Both are for perf/bench_rnn_gpu.py
+    to tune on the next device."""
+    if interpret:
+        # Small tiles so that several programs, and the masked edges of M, N and H, are
+        # exercised at the interpreter's sizes.
+        bb, bh, matmul = MIN_DOT_TILE, MIN_DOT_TILE, (16, 32, 16, 4, 1)
+    else:
+        block_m = 64 if B <= 64 else 128
+        matmul = (block_m, 128, 32 if dtype == torch.float32 else 64, 4 if block_m == 64 else 8, 3)
+        bb, bh = 16, 64
+    warps = 4 if interpret else 8
+    return LaunchConfig("gemm", SYNC_NONE, bb, bh, MIN_DOT_TILE, warps, -(-B // bb), -(-H // bh),
+                        1, warps, matmul)
 
 
 def workspace_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -703,14 +831,35 @@ def recurrent_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
     sem = torch.zeros(cfg.n_btiles, dtype=torch.int32, device=dev)
     lengths = lengths.to(device=dev, dtype=torch.int64)
     two_phase = cell == CELL_GRU_RESET_BEFORE
-    common = dict(CELL=cell, NUM_GATES=G, WS_WIDTH=WORKSPACE_WIDTH[cell], 
+    gemm = cfg.mode == "gemm"
+    precision = dot_precision(x.dtype)
+    # unused outside the gemm mode: any float32 tensor (the pointer type the gate compiles)
+    hh = _empty(B, G * HP, dtype=torch.float32, device=dev) if gemm else h_state
+    common = dict(CELL=cell, NUM_GATES=G, WS_WIDTH=WORKSPACE_WIDTH[cell],
                   BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-                  PRECISION=dot_precision(x.dtype), **_launch_kwargs(cfg))
-    args = (xproj, w_pad, b_hn, lengths, h_state, h_exchange, c_state, exchange, out, ws, sem)
+                  PRECISION=precision, RECURRENT=int(gemm), **_launch_kwargs(cfg))
+    args = (xproj, w_pad, b_hn, lengths, h_state, h_exchange, c_state, exchange, hh, out, ws,
+            sem)
     if cfg.mode == "persistent":
         recurrent_forward_kernel[cfg.grid](*args, 0, T, B, H, HP, int(reverse),
                                            PHASES=3 if two_phase else 1, SYNC=cfg.sync,
                                            **common)
+    elif gemm:
+        # Per step: hh = h @ W_hh^T (for GRU reset_before only the r, z rows), the gate math;
+        # GRU reset_before then hh[:, n] = (r*h) @ W_hn^T and its second phase.
+        w_rows = w_pad.reshape(G * HP, HP)
+        first_rows = (2 if two_phase else G) * HP
+        for s in range(T):
+            slot = s % 2
+            _step_matmul(cfg, h_exchange[slot], w_rows, hh, B, first_rows, HP, HP, G * HP,
+                         True, precision)
+            recurrent_forward_kernel[cfg.grid](*args, s, s + 1, B, H, HP, int(reverse),
+                                               PHASES=1, SYNC=SYNC_NONE, **common)
+            if two_phase:
+                _step_matmul(cfg, exchange[slot], w_rows[2 * HP:], hh[:, 2 * HP:], B, HP, HP,
+                             HP, G * HP, True, precision)
+                recurrent_forward_kernel[cfg.grid](*args, s, s + 1, B, H, HP, int(reverse),
+                                                   PHASES=2, SYNC=SYNC_NONE, **common)
     else:
         for s in range(T):
             for phases in ((1, 2) if two_phase else (1,)):
@@ -719,6 +868,18 @@ def recurrent_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
     h_n = h_state.to(x.dtype)
     c_n = c_state.to(x.dtype) if cell == CELL_LSTM else None
     return out, h_n, c_n, ws
+
+
+def _step_matmul(cfg: LaunchConfig, a, w, c, M: int, N: int, K: int, ldw: int, ldc: int,
+                 w_transposed: bool, precision: str) -> None:
+    """c[:M, :N] = a[:M, :K] @ (w[:N, :K]^T if w_transposed else w[:K, :N]) in float32 with
+    recurrent_matmul_kernel (a's row stride is its own, w's is ldw, c's ldc)."""
+    block_m, block_n, block_k, warps, stages = cfg.matmul
+    grid = (-(-M // block_m) * -(-N // block_n),)
+    kwargs = {} if interpreting() else {"num_warps": warps, "num_stages": stages}
+    recurrent_matmul_kernel[grid](a, w, c, M, N, K, a.stride(0), ldw, ldc,
+                                  W_TRANSPOSED=w_transposed, BLOCK_M=block_m, BLOCK_N=block_n,
+                                  BLOCK_K=block_k, PRECISION=precision, **kwargs)
 
 
 def padded_hidden(H: int, cfg: LaunchConfig) -> int:
@@ -775,15 +936,37 @@ def recurrent_backward(cell, grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w
     lengths_d = lengths.to(device=dev, dtype=torch.int64)
     c0_arg = c0 if c0 is not None else h0
     two_phase = cell == CELL_GRU_RESET_BEFORE
-    common = dict(CELL=cell, NUM_GATES=G, WS_WIDTH=WORKSPACE_WIDTH[cell], 
+    gemm = cfg.mode == "gemm"
+    precision = dot_precision(x.dtype)
+    hh = _empty(B, HP, dtype=f32, device=dev) if gemm else dh_state   # (as in the forward)
+    dgate_step = _empty(B, G * HP, dtype=x.dtype, device=dev) if gemm else dgate
+    common = dict(CELL=cell, NUM_GATES=G, WS_WIDTH=WORKSPACE_WIDTH[cell],
                   BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-                  PRECISION=dot_precision(x.dtype), **_launch_kwargs(cfg, backward=True))
+                  PRECISION=precision, RECURRENT=int(gemm), **_launch_kwargs(cfg, backward=True))
     args = (grad_output, w_pad, lengths_d, h0, c0_arg, output, workspace, dh_state, dc_state,
-            dh_total, dgate, dgate_n, sem)
+            dh_total, dgate, dgate_n, hh, dgate_step, sem)
     if cfg.mode == "persistent":
         recurrent_backward_kernel[cfg.grid](*args, 0, T + 1, T, B, H, HP, int(reverse),
                                             PHASES=3 if two_phase else 1, SYNC=cfg.sync,
                                             **common)
+    elif gemm:
+        # Iteration k: hh = (gate gradients of step T-k, by row) @ W_hh (for GRU reset_before
+        # only the r, z rows), then dh of step T-k and the gate gradients of step T-1-k; GRU
+        # reset_before then hh = da_n @ W_hn and its second phase (da_r).
+        w_rows = w_pad.reshape(G * HP, HP)
+        reduced_rows = (2 if two_phase else G) * HP
+        for k in range(T + 1):
+            if k > 0:
+                _step_matmul(cfg, dgate_step, w_rows, hh, B, HP, reduced_rows, HP, HP, False,
+                             precision)
+            recurrent_backward_kernel[cfg.grid](*args, k, k + 1, T, B, H, HP, int(reverse),
+                                                PHASES=1, SYNC=SYNC_NONE, **common)
+            if two_phase and k < T:
+                _step_matmul(cfg, dgate_step[:, 2 * HP:], w_rows[2 * HP:], hh, B, HP, HP, HP,
+                             HP, False, precision)
+                recurrent_backward_kernel[cfg.grid](*args, k, k + 1, T, B, H, HP,
+                                                    int(reverse), PHASES=2, SYNC=SYNC_NONE,
+                                                    **common)
     else:
         for k in range(T + 1):
             for phases in ((1, 2) if two_phase else (1,)):
@@ -832,19 +1015,27 @@ def kernel_configs(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
 def expand_config(cell: int, cfg: LaunchConfig, dtype: torch.dtype):
     """The (kernel name, constexprs, num_warps, num_stages) launches of one LaunchConfig."""
     two_phase = cell == CELL_GRU_RESET_BEFORE
-    if cfg.mode == "per_step":
+    if cfg.mode in ("per_step", "gemm"):
         phases, sync = ((1, 2) if two_phase else (1,)), SYNC_NONE
     else:
         phases, sync = ((3,) if two_phase else (1,)), cfg.sync
+    precision = "tf32" if dtype == torch.float32 else "ieee"
     out = []
     for kernel in ("recurrent_forward_kernel", "recurrent_backward_kernel"):
         for ph in phases:
             constexprs = dict(CELL=cell, NUM_GATES=NUM_GATES[cell],
                               WS_WIDTH=WORKSPACE_WIDTH[cell], PHASES=ph,
                               BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-                              SYNC=sync, PRECISION="tf32" if dtype == torch.float32 else "ieee")
+                              SYNC=sync, PRECISION=precision,
+                              RECURRENT=int(cfg.mode == "gemm"))
             warps = cfg.num_warps_bwd if "backward" in kernel else cfg.num_warps
             out.append((kernel, constexprs, warps, cfg.num_stages))
+    if cfg.mode == "gemm":
+        block_m, block_n, block_k, warps, stages = cfg.matmul
+        for transposed in (True, False):   # forward h @ W^T, backward gate gradients @ W
+            out.append(("recurrent_matmul_kernel",
+                        dict(W_TRANSPOSED=transposed, BLOCK_M=block_m, BLOCK_N=block_n,
+                             BLOCK_K=block_k, PRECISION=precision), warps, stages))
     return out
 
 

@@ -8,7 +8,11 @@ the B=1, H=512 persistent configuration, against our forward per step at that si
 
 float32 runs with torch.backends.cudnn.allow_tf32 as torch sets it (True: both sides use TF32).
 
-Usage: python perf/bench_rnn_gpu.py [--quick] [--plot out.png] [--csv out.csv]
+``--mode`` forces one launcher mode for every case (single, split, per_step, gemm) to compare
+them where the default choice is in doubt, e.g. the GEMM per-step mode against the split one at
+float32 B = 64.
+
+Usage: python perf/bench_rnn_gpu.py [--quick] [--plot out.png] [--csv out.csv] [--mode M]
        (perf/bench_rnn.py --gpu calls main(argv))
 """
 from __future__ import annotations
@@ -42,8 +46,9 @@ def _bench(fn):
     return do_bench(fn, warmup=5, rep=40, return_mode="median")
 
 
-def bench_case(cell, dtype, B, H, T, packed, ours_only=False):
-    """Returns dict with ours/cudnn fwd and fwd+bwd times (ms)."""
+def bench_case(cell, dtype, B, H, T, packed, ours_only=False, mode=None):
+    """Returns dict with ours/cudnn fwd and fwd+bwd times (ms); mode: the launcher's (None:
+    its own choice)."""
     import torch
     dev = "cuda"
     I = H
@@ -69,18 +74,20 @@ def bench_case(cell, dtype, B, H, T, packed, ours_only=False):
 
     if cell == "lstm":
         def ours_fwd():
-            return mod.lstm_forward(x, h0, c0, *w, lengths_d, False)
+            return mod.lstm_forward(x, h0, c0, *w, lengths_d, False, mode=mode)
 
         def ours_fwdbwd():
-            out, hn, cn, ws = mod.lstm_forward(x, h0, c0, *w, lengths_d, False)
-            return mod.lstm_backward(go, gh, gh, x, h0, c0, *w, lengths_d, False, out, ws)
+            out, hn, cn, ws = mod.lstm_forward(x, h0, c0, *w, lengths_d, False, mode=mode)
+            return mod.lstm_backward(go, gh, gh, x, h0, c0, *w, lengths_d, False, out, ws,
+                                     mode=mode)
     else:
         def ours_fwd():
-            return mod.gru_forward(x, h0, *w, lengths_d, False, True)
+            return mod.gru_forward(x, h0, *w, lengths_d, False, True, mode=mode)
 
         def ours_fwdbwd():
-            out, hn, ws = mod.gru_forward(x, h0, *w, lengths_d, False, True)
-            return mod.gru_backward(go, gh, x, h0, *w, lengths_d, False, True, out, ws)
+            out, hn, ws = mod.gru_forward(x, h0, *w, lengths_d, False, True, mode=mode)
+            return mod.gru_backward(go, gh, x, h0, *w, lengths_d, False, True, out, ws,
+                                    mode=mode)
 
     xr = x.detach().clone().requires_grad_(True)
     hx = (h0[None].contiguous(), c0[None].contiguous()) if cell == "lstm" else h0[None].contiguous()
@@ -133,6 +140,8 @@ def main(argv=None):
     p.add_argument("--dtypes", default=None, help="comma list, e.g. float32,bfloat16")
     p.add_argument("--batches", default=None, help="comma list")
     p.add_argument("--hiddens", default=None, help="comma list")
+    p.add_argument("--mode", default=None, choices=("single", "split", "per_step", "gemm"),
+                   help="force one launcher mode (default: the launcher's choice per size)")
     a = p.parse_args(argv)
     import torch
     grid = dict(QUICK if a.quick else FULL)
@@ -146,7 +155,8 @@ def main(argv=None):
     rows = []
     t0 = time.time()
     print(f"device {torch.cuda.get_device_name(0)}, torch {torch.__version__}, T={T}, "
-          f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}", flush=True)
+          f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, mode={a.mode or 'launcher'}",
+          flush=True)
     hdr = (f"{'cell':<5} {'dtype':<9} {'pack':<4} {'B':>4} {'H':>5} | {'ours fwd':>9} "
            f"{'cudnn fwd':>9} {'ratio':>6} | {'ours f+b':>9} {'cudnn f+b':>9} {'ratio':>6}")
     print(hdr)
@@ -160,7 +170,7 @@ def main(argv=None):
                         if packed and B == 1:
                             continue
                         try:
-                            r = bench_case(cell, dtype, B, H, T, packed, a.ours_only)
+                            r = bench_case(cell, dtype, B, H, T, packed, a.ours_only, a.mode)
                         except Exception as e:  # noqa: BLE001 - report and continue
                             print(f"{cell:<5} {dt_name:<9} {'y' if packed else 'n':<4} {B:>4} "
                                   f"{H:>5} | ERROR {type(e).__name__}: {str(e)[:120]}",

@@ -116,8 +116,13 @@ _POINTERS = {
     "out_ptr": "X",
     "ws_ptr": "WS", "sem_ptr": "i32", "grad_out_ptr": "X", "h0_ptr": "X", "c0_ptr": "X",
     "dh_state_ptr": "fp32", "dc_state_ptr": "fp32", "dh_total_ptr": "fp32",
-    "dgate_ptr": "X", "dgate_n_ptr": "X",
+    "dgate_ptr": "X", "dgate_n_ptr": "X", "hh_ptr": "fp32", "dgate_step_ptr": "X",
+    # recurrent_matmul_kernel: a (h or gate gradients), w (W_hh), c (float32 product)
+    "a_ptr": "X", "w_ptr": "X", "c_ptr": "fp32",
 }
+# Integer arguments that are always multiples of 16 (Triton specialises them so at launch):
+# the padded hidden size and the GEMM's row strides (multiples of it).
+_DIVISIBLE_INTS = ("HP", "lda", "ldw", "ldc")
 _TT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
@@ -146,7 +151,7 @@ def _recurrence_source(row):
             attrs[(i,)] = [["tt.divisibility", 16]]   # torch allocations are 16-byte aligned
         else:
             signature[name] = "i32"
-            if name == "HP":   # always a multiple of 16: Triton specialises it at launch
+            if name in _DIVISIBLE_INTS:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     return fn, signature, cx, attrs, warps, stages, C.max_registers(warps)
 
@@ -172,8 +177,12 @@ def describe(row):
         return dict(cap=cap, dtype="", kernel=f"{module}.{kernel}", detail=label, warps=warps)
     cap, kernel, cx_items, warps, _stages, dt_name = row
     cx = dict(cx_items)
-    detail = (f"{_common().CELL_NAMES[cx['CELL']]} ph={cx['PHASES']} BB={cx['BLOCK_B']} "
-              f"BH={cx['BLOCK_H']} BK={cx['BLOCK_K']} sync={cx['SYNC']}")
+    if "CELL" in cx:
+        detail = (f"{_common().CELL_NAMES[cx['CELL']]} ph={cx['PHASES']} BB={cx['BLOCK_B']} "
+                  f"BH={cx['BLOCK_H']} BK={cx['BLOCK_K']} sync={cx['SYNC']} rec={cx['RECURRENT']}")
+    else:   # the GEMM per-step mode's recurrent_matmul_kernel
+        detail = (f"{'h @ W^T' if cx['W_TRANSPOSED'] else 'dgate @ W'} BM={cx['BLOCK_M']} "
+                  f"BN={cx['BLOCK_N']} BK={cx['BLOCK_K']}")
     return dict(cap=cap, dtype=dt_name, kernel=kernel, detail=detail, warps=warps)
 
 
@@ -190,7 +199,9 @@ def compile_one(row):
     try:
         fn, signature, cx, attrs, warps, stages, maxnreg = (
             _op_source(row) if row[0] == "op" else _recurrence_source(row))
-        options = {"num_warps": warps, "num_stages": stages}
+        # FMA contraction on, stated: it is what launches compile with under Triton 3.6 and 3.9
+        # by default (3.9 warns when it is left implicit; its default flips in 3.10).
+        options = {"num_warps": warps, "num_stages": stages, "enable_fp_fusion": True}
         if maxnreg is not None:
             options["maxnreg"] = maxnreg
         src = ASTSource(fn=fn, signature=signature, constexprs=cx, attrs=attrs)

@@ -6,6 +6,8 @@
 #   bash perf/gpu_session.sh tests   # pytest -m gpu, then the compile gate's op kernels on the device's Triton
 #   bash perf/gpu_session.sh conv    # perf/bench_conv.py --gpu (Triton conv2d vs cuDNN, fp32 and bf16)
 #   bash perf/gpu_session.sh rnn     # perf/bench_rnn.py --gpu (Triton recurrences vs cuDNN, full grid)
+#   bash perf/gpu_session.sh rnn-modes  # the GEMM per-step mode forced where the split one runs
+#                                       # (float32/bf16, B 64 and 256): which to pick where
 #   bash perf/gpu_session.sh all     # all of the above (more than one call's time: use the stages)
 #
 # A fresh device starts bare: run `setup` in the same call as a later stage, e.g.
@@ -44,7 +46,12 @@ for step in "${@:-all}"; do
             stage bench_rnn_gpu "$PYTHON" perf/bench_rnn.py --gpu --plot "$OUT/bench_rnn_gpu.png" \
                 --csv "$OUT/bench_rnn_gpu.csv"
             ;;&
+        rnn-modes)
+            stage bench_rnn_gemm_mode "$PYTHON" perf/bench_rnn.py --gpu --mode gemm --no-packed \
+                --cells lstm,gru --dtypes float32,bfloat16 --batches 64,256 --hiddens 512,768,1024,2048 \
+                --csv "$OUT/bench_rnn_gemm_mode.csv"
+            ;;
         setup|tests|conv|rnn|all) ;;
-        *) echo "unknown stage '$step' (setup, tests, conv, rnn, all)"; exit 2 ;;
+        *) echo "unknown stage '$step' (setup, tests, conv, rnn, rnn-modes, all)"; exit 2 ;;
     esac
 done

@@ -35,14 +35,34 @@ def test_every_config_compiles_without_spills():
 
 
 def test_enumeration_covers_every_mode():
-    """The enumerated grid reaches the split-hidden (grid barrier), single-program and
-    per-step modes, so the gate compiles each kernel body variant."""
+    """The enumerated grid reaches the split-hidden (grid barrier) and GEMM per-step modes, so
+    the gate compiles each kernel body variant and the step GEMM."""
     report = _report_module()
     rows = report.enumerate_configs((90,), quick=True)
-    syncs = {dict(r[2])["SYNC"] for r in rows}
-    phases = {dict(r[2])["PHASES"] for r in rows}
-    assert {0, 2} <= syncs          # per-step and split-hidden
+    cell_rows = [dict(r[2]) for r in rows if r[1] != "recurrent_matmul_kernel"]
+    syncs = {cx["SYNC"] for cx in cell_rows}
+    phases = {cx["PHASES"] for cx in cell_rows}
+    assert {0, 2} <= syncs          # per-step (the GEMM mode) and split-hidden
     assert {1, 2, 3} <= phases      # GRU reset_before: both phases separately and fused
+    assert {0, 1} <= {cx["RECURRENT"] for cx in cell_rows}   # product in-kernel / from the GEMM
+    matmuls = {dict(r[2])["W_TRANSPOSED"] for r in rows if r[1] == "recurrent_matmul_kernel"}
+    assert matmuls == {True, False}  # forward h @ W^T and backward gradients @ W
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_launcher_falls_back_to_the_gemm_mode(cell):
+    """Where no co-resident split fits on an H200's 132 SMs (B=256 with H >= 768 for the gated
+    cells, H = 2048 for the Elman RNN; B=1024) the launcher picks the GEMM per-step mode, with
+    its GEMM tiles; small sizes stay persistent."""
+    import torch
+
+    C = _report_module()._common()
+    code = {"lstm": C.CELL_LSTM, "gru": C.CELL_GRU, "rnn": C.CELL_RNN_TANH}[cell]
+    sizes = [(2048, 256), (2048, 1024)] + ([(768, 256)] if cell != "rnn" else [])
+    for H, B in sizes:
+        cfg = C.choose_config(code, H, B, torch.float32, 132)
+        assert cfg.mode == "gemm" and len(cfg.matmul) == 5, (H, B, cfg)
+    assert C.choose_config(code, 512, 8, torch.bfloat16, 132).mode == "persistent"
 
 
 @pytest.mark.parametrize("module", _report_module().op_modules())

@@ -2,7 +2,7 @@
 
 * Oracle checks (forward, workspace, every gradient) at realistic sizes, all cells and
   conventions, float32 (IEEE dots), bfloat16 and float16, every mode: split-hidden persistent
-  with its real grid barrier (the default), single-program, per-step.
+  with its real grid barrier (the default), single-program, per-step, GEMM per-step.
 * Every hidden size class 32..2048 and batch 1..1024 runs (forward + backward, finite, against
   cuDNN in float64 for full-length sequences).
 * Barrier stress: hundreds of split-hidden launches, results bitwise identical (the kernels use
@@ -51,7 +51,8 @@ def _lengths(B, T, seed):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
                          ids=["fp32", "bf16", "fp16"])
-@pytest.mark.parametrize("mode", [None, "single", "per_step"], ids=["split", "single", "step"])
+@pytest.mark.parametrize("mode", [None, "single", "per_step", "gemm"],
+                         ids=["split", "single", "step", "gemm"])
 @pytest.mark.parametrize("cell,option", CELLS)
 def test_oracle_realistic(cell, option, mode, dtype):
     T, B, I, H = 24, 40, 96, 200 if mode != "single" else 64

@@ -1,10 +1,12 @@
 """Triton kernels under TRITON_INTERPRET=1 (CPU tensors) against the float64 NumPy oracle.
 
 Every cell and convention (LSTM, GRU reset_after / reset_before, RNN tanh / relu), forward
-(output, h_n, c_n, workspace) and every gradient, in both modes: single-program (one program
-owns all hidden units, all steps in one launch) and split-hidden in its interpreter-safe form
-(hidden units split over programs, one launch per step/phase), with unsorted lengths including
-0 and T, reverse, missing biases and several batch tiles. float32 (no bf16 in the interpreter).
+(output, h_n, c_n, workspace) and every gradient, in every mode: single-program (one program
+owns all hidden units, all steps in one launch), split-hidden in its interpreter-safe form
+(hidden units split over programs, one launch per step/phase) and the GEMM per-step mode (the
+recurrent product by recurrent_matmul_kernel, then the gate math), with unsorted lengths
+including 0 and T, reverse, missing biases and several batch and hidden tiles. float32 (no bf16
+in the interpreter).
 
 Triton picks the interpreter when ``@triton.jit`` decorates, i.e. at import of the kernel
 modules. Other test files may import them first (compiled mode), so the cases run in a fresh
@@ -146,24 +148,26 @@ needs_interpreter = pytest.mark.skipif(
 
 
 @needs_interpreter
-@pytest.mark.parametrize("mode", ["single", "split"])
+@pytest.mark.parametrize("mode", ["single", "split", "gemm"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("cell,option", CELLS)
 def test_cell_against_oracle(cell, option, reverse, mode):
-    # H=20: units masked in both modes; split mode uses 2 hidden tiles of 16.
+    # H=20: units masked in every mode; split and gemm modes use 2 hidden tiles of 16.
     # lengths unsorted, with 0 (returns h0/c0) and T.
     check_case(cell, option, T=5, B=3, I=4, H=20, lengths=[5, 0, 3], reverse=reverse,
                mode=mode)
 
 
 @needs_interpreter
+@pytest.mark.parametrize("mode", ["split", "gemm"])
 @pytest.mark.parametrize("cell,option", CELLS)
-def test_two_batch_tiles_no_bias(cell, option):
-    # B=18 > 16: two batch tiles (two barrier groups in split mode); no biases; H=33 needs
-    # 3 hidden tiles in split mode.
+def test_two_batch_tiles_no_bias(cell, option, mode):
+    # B=18 > 16: two batch tiles (two barrier groups in split mode, two GEMM row tiles); no
+    # biases; H=33 needs 3 hidden tiles (HP=48: GEMM widths G*48, not multiples of its 32-wide
+    # tiles, so their masked edges run).
     lengths = [4, 1, 0, 4, 2, 3, 4, 4, 0, 1, 2, 3, 4, 3, 2, 1, 4, 2]
     check_case(cell, option, T=4, B=18, I=3, H=33, lengths=lengths, reverse=True,
-               mode="split", bias=False)
+               mode=mode, bias=False)
 
 
 @needs_interpreter
