@@ -299,16 +299,44 @@ def test_backward_returns_only_the_gradients_asked_for(backend):
         (dict(input=torch.randn(4, 7)), ValueError, "input must be 4-D"),
         (dict(weight=torch.randn(6, 2, 3)), ValueError, "weight must be 4-D"),
         (dict(stride=(1, 2, 3)), TypeError, "stride must be an int or a sequence of 2 ints"),
+        (dict(stride=True), TypeError, "stride must be an int or a sequence of 2 ints"),
+        (dict(groups=2.0), ValueError, "groups must be a positive int"),
         (dict(input=[1.0]), TypeError, "input must be a torch.Tensor"),
         (dict(backend="cudnn"), ValueError, "unknown backend"),
     ],
 )
-def test_bad_input_names_the_argument(change, error, message):
+@pytest.mark.parametrize("after_valid_call", [False, True], ids=["cold", "after-valid-call"])
+def test_bad_input_names_the_argument(change, error, message, after_valid_call):
     arguments = dict(input=torch.randn(2, 4, 7, 8), weight=torch.randn(6, 2, 3, 3), bias=None, stride=1,
                      padding=0, dilation=1, groups=2, backend="numpy")
+    if after_valid_call:
+        # the valid call's geometry is cached (conv._GEOMETRY_CACHE); the bad one must still fail
+        conv2d(**arguments)
+    else:
+        conv_ops._GEOMETRY_CACHE.clear()
     arguments.update(change)
     with pytest.raises(error, match=message):
         conv2d(**arguments)
+
+
+def test_geometry_cache_gives_the_checked_geometry():
+    """A repeated call takes its geometry from the cache: the same output as the first, the
+    entry equal to what the checks compute, and no entry for a tensor subclass."""
+    conv_ops._GEOMETRY_CACHE.clear()
+    x, weight = torch.randn(2, 4, 9, 8), torch.randn(6, 4, 3, 2)
+    first = conv2d(x, weight, None, (2, 1), "valid", [1, 2])
+    assert len(conv_ops._GEOMETRY_CACHE) == 1
+    (geometry,) = conv_ops._GEOMETRY_CACHE.values()
+    assert geometry == conv_ops._checked_geometry("conv2d", x, weight, None, (2, 1), "valid", [1, 2], 1, 2)
+    assert torch.equal(conv2d(x, weight, None, (2, 1), "valid", [1, 2]), first)
+    padded = conv2d(x, weight, None, (2, 1), 1, [1, 2])   # another padding: another entry
+    assert len(conv_ops._GEOMETRY_CACHE) == 2 and padded.shape != first.shape
+
+    class Marked(torch.Tensor):
+        pass
+
+    conv2d(x.as_subclass(Marked), weight, None, (2, 1), "valid", [1, 2])
+    assert len(conv_ops._GEOMETRY_CACHE) == 2
 
 
 @needs_cython("conv")
