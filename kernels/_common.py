@@ -208,6 +208,29 @@ def _gate_columns(unit0, H, HP, NG: tl.constexpr, NG_USED: tl.constexpr,
 
 
 @triton.jit
+def _gate_products4(h_src_rows, row_ok, w_hh_ptr, hh_at, tile_ok, unit0, H, HP,
+                    NG_USED: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                    BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, RECURRENT: tl.constexpr):
+    """The (BLOCK_B, BLOCK_H) tiles of h @ W_hh^T of the program's units for four gate slots
+    (NG_USED of them real; the others zero): stacked dots over the exchanged h (RECURRENT 0)
+    or the step GEMM's float32 result, gate g at hh_at + g*HP (RECURRENT 1)."""
+    if RECURRENT == 0:
+        cols, cols_ok = _gate_columns(unit0, H, HP, 4, NG_USED, BLOCK_H)
+        acc = _stacked_matmul(h_src_rows, row_ok, HP, w_hh_ptr, 1, cols, cols_ok, BLOCK_B,
+                              4 * BLOCK_H, BLOCK_K, PRECISION)
+        m0, m1, m2, m3 = _split4(acc, BLOCK_B, BLOCK_H)
+    else:
+        m0 = tl.load(hh_at, mask=tile_ok, other=0.0)
+        m1 = tl.load(hh_at + HP, mask=tile_ok, other=0.0)
+        m2 = tl.load(hh_at + 2 * HP, mask=tile_ok, other=0.0)
+        if NG_USED == 4:
+            m3 = tl.load(hh_at + 3 * HP, mask=tile_ok, other=0.0)
+        else:
+            m3 = tl.zeros((BLOCK_B, BLOCK_H), tl.float32)
+    return m0, m1, m2, m3
+
+
+@triton.jit
 def _time_index(s, lengths, valid, reverse):
     """Time index processed at step s, per batch row (int64). Valid rows: s (forward) or
     len-1-s (reverse). Invalid steps (s >= len) map to t = s, so over all T steps every
@@ -273,8 +296,8 @@ def recurrent_forward_kernel(
     h = tl.load(h_state_ptr + own, mask=tile_ok, other=0.0)
     if CELL == 0:
         c = tl.load(c_state_ptr + own, mask=tile_ok, other=0.0)
-    if RECURRENT == 1:
-        hh_at = hh_ptr + rows[:, None] * (NUM_GATES * HP) + units[None, :]
+    # where this step's GEMM result for the program's units starts (read only if RECURRENT == 1)
+    hh_at = hh_ptr + rows[:, None] * (NUM_GATES * HP) + units[None, :]
     if CELL == 1:
         b_hn = tl.load(b_hn_ptr + units, mask=unit_ok, other=0.0).to(tl.float32)
 
@@ -297,16 +320,9 @@ def recurrent_forward_kernel(
             x_f = tl.load(x_at + H, mask=tile_ok, other=0.0).to(tl.float32)
             x_g = tl.load(x_at + 2 * H, mask=tile_ok, other=0.0).to(tl.float32)
             x_o = tl.load(x_at + 3 * H, mask=tile_ok, other=0.0).to(tl.float32)
-            if RECURRENT == 0:
-                cols, cols_ok = _gate_columns(pid_h * BLOCK_H, H, HP, 4, 4, BLOCK_H)
-                acc = _stacked_matmul(h_src_rows, row_ok, HP, w_hh_ptr, 1, cols, cols_ok,
-                                      BLOCK_B, 4 * BLOCK_H, BLOCK_K, PRECISION)
-                m_i, m_f, m_g, m_o = _split4(acc, BLOCK_B, BLOCK_H)
-            else:
-                m_i = tl.load(hh_at, mask=tile_ok, other=0.0)
-                m_f = tl.load(hh_at + HP, mask=tile_ok, other=0.0)
-                m_g = tl.load(hh_at + 2 * HP, mask=tile_ok, other=0.0)
-                m_o = tl.load(hh_at + 3 * HP, mask=tile_ok, other=0.0)
+            m_i, m_f, m_g, m_o = _gate_products4(h_src_rows, row_ok, w_hh_ptr, hh_at, tile_ok,
+                                                 pid_h * BLOCK_H, H, HP, 4, BLOCK_B, BLOCK_H,
+                                                 BLOCK_K, PRECISION, RECURRENT)
             i = _sigmoid(x_i + m_i)
             f = _sigmoid(x_f + m_f)
             g = _tanh(x_g + m_g)
@@ -327,15 +343,9 @@ def recurrent_forward_kernel(
             x_r = tl.load(x_at, mask=tile_ok, other=0.0).to(tl.float32)
             x_z = tl.load(x_at + H, mask=tile_ok, other=0.0).to(tl.float32)
             x_n = tl.load(x_at + 2 * H, mask=tile_ok, other=0.0).to(tl.float32)
-            if RECURRENT == 0:
-                cols, cols_ok = _gate_columns(pid_h * BLOCK_H, H, HP, 4, 3, BLOCK_H)
-                acc = _stacked_matmul(h_src_rows, row_ok, HP, w_hh_ptr, 1, cols, cols_ok,
-                                      BLOCK_B, 4 * BLOCK_H, BLOCK_K, PRECISION)
-                m_r, m_z, m_n, _unused = _split4(acc, BLOCK_B, BLOCK_H)
-            else:
-                m_r = tl.load(hh_at, mask=tile_ok, other=0.0)
-                m_z = tl.load(hh_at + HP, mask=tile_ok, other=0.0)
-                m_n = tl.load(hh_at + 2 * HP, mask=tile_ok, other=0.0)
+            m_r, m_z, m_n, _unused = _gate_products4(h_src_rows, row_ok, w_hh_ptr, hh_at, tile_ok,
+                                                     pid_h * BLOCK_H, H, HP, 3, BLOCK_B,
+                                                     BLOCK_H, BLOCK_K, PRECISION, RECURRENT)
             r = _sigmoid(x_r + m_r)
             z = _sigmoid(x_z + m_z)
             hn = m_n + b_hn[None, :]
