@@ -21,7 +21,8 @@ Execution modes (chosen by :func:`choose_config`, logged at debug level):
   that product instead of computing it: the fused gate math, masking and carries only. Fallback
   when the split grid cannot be co-resident (B = 256 with H >= 768 and larger): there the
   per-step launches of the in-kernel product ran 64 x 64 tiles that re-read h and W_hh from L2
-  (0.24-0.5 of cuDNN on the H200), where a GEMM's tiles read each W_hh element once per step.
+  (forward 0.24-0.87 of cuDNN on the H200, most rows below 0.7), where a GEMM's tiles read each
+  W_hh element once per step. Not yet timed on a GPU.
 
 State exchanged between programs (h forward, gate gradients backward) lives in global buffers
 in the dot dtype (what the dot consumes), with row stride HP (H rounded up to the hidden tile,
@@ -738,7 +739,7 @@ def _gemm_config(H: int, B: int, dtype: torch.dtype, interpret: bool) -> LaunchC
     Not yet timed on a GPU (no device in the sessions since this mode was written): the GEMM
     tiles are the usual Ampere/Hopper Triton matmul shapes, 128 x 128 (64 x 128 for B <= 64,
     where a 128-row tile would be half padding) with a K chunk of 32 float32 / 64 half
-    elements (32 KB a pipeline stage, 3 stages within sm_80's shared memory), 8 warps on
+    elements (up to 32 KB a pipeline stage, 3 stages within sm_80's shared memory), 8 warps on
     128-row tiles (64 accumulator registers a thread). The gate math has no dot: 16 x 64 tiles at
     8 warps, 4 units a thread (16-byte vectors); at 4 warps the LSTM forward took 255 registers
     and spilled 16-64 B (its 64-bit pointer tiles for x, hh, out, the workspace and the
