@@ -6,7 +6,8 @@
 * Every hidden size class 32..2048 and batch 1..1024 runs (forward + backward, finite, against
   cuDNN in float64 for full-length sequences).
 * Barrier stress: hundreds of split-hidden launches, results bitwise identical (the kernels use
-  no float atomics; a race in the exchange would show as a difference).
+  no float atomics; a race in the exchange would show as a difference); the GEMM per-step mode
+  repeated likewise.
 """
 import importlib.util
 import os
@@ -104,9 +105,14 @@ def test_all_sizes_run(H, B):
             assert rel(grads[0], gx_ref) < tol and rel(grads[4], gw_ref) < tol
 
 
-@pytest.mark.parametrize("cell,option", [("lstm", None), ("gru", False)])
-def test_barrier_stress_bitwise(cell, option):
-    """300 split-hidden forward+backward launches on the same inputs: bitwise identical."""
+@pytest.mark.parametrize("cell,option,mode,repeats",
+                         [("lstm", None, None, 300), ("gru", False, None, 300),
+                          ("lstm", None, "gemm", 30), ("gru", False, "gemm", 30)],
+                         ids=["lstm-split", "gru_reset_before-split", "lstm-gemm",
+                              "gru_reset_before-gemm"])
+def test_barrier_stress_bitwise(cell, option, mode, repeats):
+    """Split-hidden forward+backward launches (300; and 30 in the GEMM per-step mode, whose step
+    GEMMs split no reduction) on the same inputs: bitwise identical."""
     T, B, I, H = 16, 8, 64, 512
     dev = "cuda"
     torch.manual_seed(0)
@@ -124,16 +130,18 @@ def test_barrier_stress_bitwise(cell, option):
 
     def once():
         if cell == "lstm":
-            out, hn, cn, ws = mod.lstm_forward(x, h0, c0, w_ih, w_hh, b, b, lengths, True)
+            out, hn, cn, ws = mod.lstm_forward(x, h0, c0, w_ih, w_hh, b, b, lengths, True,
+                                               mode=mode)
             g = mod.lstm_backward(go, gh, gh, x, h0, c0, w_ih, w_hh, b, b, lengths, True, out,
-                                  ws)
+                                  ws, mode=mode)
             return (out, hn, cn, ws) + tuple(g)
-        out, hn, ws = mod.gru_forward(x, h0, w_ih, w_hh, b, b, lengths, True, option)
-        g = mod.gru_backward(go, gh, x, h0, w_ih, w_hh, b, b, lengths, True, option, out, ws)
+        out, hn, ws = mod.gru_forward(x, h0, w_ih, w_hh, b, b, lengths, True, option, mode=mode)
+        g = mod.gru_backward(go, gh, x, h0, w_ih, w_hh, b, b, lengths, True, option, out, ws,
+                             mode=mode)
         return (out, hn, ws) + tuple(g)
 
     first = once()
-    for _ in range(300):
+    for _ in range(repeats):
         again = once()
         for a, b_ in zip(first, again):
             assert torch.equal(a, b_)
