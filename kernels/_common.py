@@ -16,13 +16,16 @@ Execution modes (chosen by :func:`choose_config`, logged at debug level):
   it is launched cooperatively and never on the interpreter).
 * ``per_step``: the same kernel launched once per step (and phase); the launch boundary is the
   barrier. The interpreter-safe form of the split-hidden mode.
-* ``gemm``: per step, the recurrent product as one tiled GEMM (``recurrent_matmul_kernel``,
-  128 x 128 tiles over all of B x G*H) and then the same kernel with ``RECURRENT=1``, which reads
-  that product instead of computing it: the fused gate math, masking and carries only. Fallback
-  when the split grid cannot be co-resident (B = 256 with H >= 768 and larger): there the
-  per-step launches of the in-kernel product ran 64 x 64 tiles that re-read h and W_hh from L2
-  (forward 0.24-0.87 of cuDNN on the H200, most rows below 0.7), where a GEMM's tiles read each
-  W_hh element once per step. Not yet timed on a GPU.
+* ``gemm``: per step, the recurrent product as one tiled GEMM (128 x 128 tiles over all of
+  B x G*H), then the fused gate math reading that product (the recurrence kernels' body with
+  ``RECURRENT=1``): masking and carries only. Fallback when the split grid cannot be
+  co-resident (B = 256 with H >= 768 and larger): there the per-step launches of the in-kernel
+  product ran 64 x 64 tiles that re-read h and W_hh from L2 (forward 0.24-0.87 of cuDNN on the
+  H200, most rows below 0.7), where a GEMM's tiles read each W_hh element once per step. All
+  steps run in one cooperative launch (``recurrent_gemm_*_kernel``: one program per SM shares
+  out the GEMM tiles, a grid barrier, the gate tiles, a grid barrier); the interpreter runs it
+  with one program. Its two-launches-a-step form (``recurrent_matmul_kernel``, then the
+  recurrence kernel; mode ``gemm_per_step``) stays for comparison. Not yet timed on a GPU.
 
 State exchanged between programs (h forward, gate gradients backward) lives in global buffers
 in the dot dtype (what the dot consumes), with row stride HP (H rounded up to the hidden tile,
@@ -37,7 +40,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -143,22 +146,18 @@ def _store_gate_grad(dg_at, step_at, value, vmask, mask, RECURRENT: tl.constexpr
 
 
 @triton.jit
-def recurrent_matmul_kernel(a_ptr, w_ptr, c_ptr, M, N, K, lda, ldw, ldc,
-                            W_TRANSPOSED: tl.constexpr, BLOCK_M: tl.constexpr,
-                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                            PRECISION: tl.constexpr):
-    """c[m, n] = sum_k a[m, k] * w[n, k] (W_TRANSPOSED: w is (N, K)) or a[m, k] * w[k, n]
-    (w is (K, N)), float32 out: the recurrent product of one step in the GEMM per-step mode
-    (forward h @ W_hh^T; backward gate gradients @ W_hh). a, w: dot dtype, row-major with row
-    strides lda, ldw; c: float32, row stride ldc. No split over K: deterministic.
+def _matmul_tile(tile, a_ptr, w_ptr, c_ptr, M, N, K, lda, ldw, ldc,
+                 W_TRANSPOSED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """One (BLOCK_M, BLOCK_N) tile of c = a @ w^T or a @ w (see recurrent_matmul_kernel).
 
-    Programs are ordered M-fastest so those running together share one W tile: W_hh (64 MB in
+    Tiles are numbered M-fastest so those running together share one W tile: W_hh (64 MB in
     float32 at H = 2048, more than the H200's L2) streams from HBM once per step, while the
-    small a (B rows) stays in L2."""
-    pid = tl.program_id(0)
+    small a (B rows) stays in L2. a is read through L2 (.cg): in the persistent GEMM mode other
+    programs wrote it in this launch, after this SM may have cached an older copy in L1."""
     m_tiles = tl.cdiv(M, BLOCK_M)
-    pid_m = pid % m_tiles
-    pid_n = pid // m_tiles
+    pid_m = tile % m_tiles
+    pid_n = tile // m_tiles
     ms = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     ns = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = ms < M
@@ -168,7 +167,7 @@ def recurrent_matmul_kernel(a_ptr, w_ptr, c_ptr, M, N, K, lda, ldw, ldc,
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < K
         a = tl.load(a_ptr + ms[:, None] * lda + ks[None, :], mask=m_ok[:, None] & k_ok[None, :],
-                    other=0.0)
+                    other=0.0, cache_modifier=".cg")
         if W_TRANSPOSED:
             w = tl.load(w_ptr + ns[None, :] * ldw + ks[:, None],
                         mask=k_ok[:, None] & n_ok[None, :], other=0.0)
@@ -177,6 +176,32 @@ def recurrent_matmul_kernel(a_ptr, w_ptr, c_ptr, M, N, K, lda, ldw, ldc,
                         mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         acc = tl.dot(a, w, acc, input_precision=PRECISION)
     tl.store(c_ptr + ms[:, None] * ldc + ns[None, :], acc, mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _matmul_tiles(first, stride, a_ptr, w_ptr, c_ptr, M, N, K, lda, ldw, ldc,
+                  W_TRANSPOSED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """Tiles first, first + stride, ... of c = a @ w^T or a @ w: one program's share of the
+    step's recurrent product in the persistent GEMM mode."""
+    n_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+    for tile in range(first, n_tiles, stride):
+        _matmul_tile(tile, a_ptr, w_ptr, c_ptr, M, N, K, lda, ldw, ldc, W_TRANSPOSED, BLOCK_M,
+                     BLOCK_N, BLOCK_K, PRECISION)
+
+
+@triton.jit
+def recurrent_matmul_kernel(a_ptr, w_ptr, c_ptr, M, N, K, lda, ldw, ldc,
+                            W_TRANSPOSED: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                            PRECISION: tl.constexpr):
+    """c[m, n] = sum_k a[m, k] * w[n, k] (W_TRANSPOSED: w is (N, K)) or a[m, k] * w[k, n]
+    (w is (K, N)), float32 out: the recurrent product of one step in the GEMM per-step mode
+    (forward h @ W_hh^T; backward gate gradients @ W_hh). a, w: dot dtype, row-major with row
+    strides lda, ldw; c: float32, row stride ldc. No split over K: deterministic. One program
+    per (BLOCK_M, BLOCK_N) tile, M-fastest (_matmul_tile)."""
+    _matmul_tile(tl.program_id(0), a_ptr, w_ptr, c_ptr, M, N, K, lda, ldw, ldc, W_TRANSPOSED,
+                 BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
 
 
 @triton.jit
@@ -221,11 +246,11 @@ def _gate_products4(h_src_rows, row_ok, w_hh_ptr, hh_at, tile_ok, unit0, H, HP,
                               4 * BLOCK_H, BLOCK_K, PRECISION)
         m0, m1, m2, m3 = _split4(acc, BLOCK_B, BLOCK_H)
     else:
-        m0 = tl.load(hh_at, mask=tile_ok, other=0.0)
-        m1 = tl.load(hh_at + HP, mask=tile_ok, other=0.0)
-        m2 = tl.load(hh_at + 2 * HP, mask=tile_ok, other=0.0)
+        m0 = tl.load(hh_at, mask=tile_ok, other=0.0, cache_modifier=".cg")
+        m1 = tl.load(hh_at + HP, mask=tile_ok, other=0.0, cache_modifier=".cg")
+        m2 = tl.load(hh_at + 2 * HP, mask=tile_ok, other=0.0, cache_modifier=".cg")
         if NG_USED == 4:
-            m3 = tl.load(hh_at + 3 * HP, mask=tile_ok, other=0.0)
+            m3 = tl.load(hh_at + 3 * HP, mask=tile_ok, other=0.0, cache_modifier=".cg")
         else:
             m3 = tl.zeros((BLOCK_B, BLOCK_H), tl.float32)
     return m0, m1, m2, m3
@@ -243,38 +268,14 @@ def _time_index(s, lengths, valid, reverse):
 # ----------------------------------------------------------------------------------------------
 # Forward
 # ----------------------------------------------------------------------------------------------
-# Step bounds vary per launch in per-step mode: no specialisation on their values (a value of 1
-# would otherwise compile a separate variant).
-@triton.jit(do_not_specialize=["step_begin", "step_end", "reverse"])
-def recurrent_forward_kernel(
-        xproj_ptr,      # (T, B, G*H) input projection + biases (except b_hn of GRU reset_after)
-        w_hh_ptr,       # (G, HP, HP) W_hh, zero-padded to HP (a multiple of 16 and BLOCK_H)
-        b_hn_ptr,       # (H,) b_hh of the n gate (GRU reset_after; unused otherwise)
-        lengths_ptr,    # (B,) int64
-        h_state_ptr,    # (B, H) float32 own units' h carried between launches
-        h_exchange_ptr,  # (2, B, HP) dot dtype; slot s % 2 holds h before step s (all units;
-                         # zero past H)
-        c_state_ptr,    # (B, H) float32 LSTM cell state carried between launches
-        exchange_ptr,   # (2, B, HP) dot dtype: r*h exchanged between the GRU reset_before phases
-        hh_ptr,         # (B, G*HP) float32: this step's h @ W_hh^T (RECURRENT == 1; the n
-                        # columns of GRU reset_before hold (r*h) @ W_hn^T in phase 2)
-        out_ptr,        # (T, B, H) input dtype
-        ws_ptr,         # (T, B, WS_WIDTH*H) workspace
-        sem_ptr,        # (n_batch_tiles,) int32 barrier words (SYNC_GRID)
-        step_begin, step_end, B, H, HP, reverse,
-        CELL: tl.constexpr, NUM_GATES: tl.constexpr, WS_WIDTH: tl.constexpr,
-        PHASES: tl.constexpr,
-        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-        SYNC: tl.constexpr, PRECISION: tl.constexpr, RECURRENT: tl.constexpr):
-    """Steps [step_begin, step_end) of the forward recurrence for one (batch tile, hidden tile).
-
-    Program id = batch_tile * n_hidden_tiles + hidden_tile. PHASES (bit mask) selects the
-    phases run per step: GRU reset_before has two (r,z then n, with an exchange of r*h between
-    them); every other cell has one (PHASES=1). RECURRENT: 0 computes h @ W_hh^T here (stacked
-    dots over the exchanged h); 1 reads it from hh_ptr, written by recurrent_matmul_kernel
-    before this launch (the GEMM per-step mode: one step per launch, the kernel is the fused
-    gate math only)."""
-    pid = tl.program_id(0)
+@triton.jit
+def _forward_tile(pid, xproj_ptr, w_hh_ptr, b_hn_ptr, lengths_ptr, h_state_ptr, h_exchange_ptr,
+                  c_state_ptr, exchange_ptr, hh_ptr, out_ptr, ws_ptr, sem_ptr, step_begin,
+                  step_end, B, H, HP, reverse, CELL: tl.constexpr, NUM_GATES: tl.constexpr,
+                  WS_WIDTH: tl.constexpr, PHASES: tl.constexpr, BLOCK_B: tl.constexpr,
+                  BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SYNC: tl.constexpr,
+                  PRECISION: tl.constexpr, RECURRENT: tl.constexpr):
+    """recurrent_forward_kernel's work for the tile numbered pid (see its docstring)."""
     n_htiles = tl.cdiv(H, BLOCK_H)
     pid_h = pid % n_htiles
     pid_b = pid // n_htiles
@@ -370,8 +371,8 @@ def recurrent_forward_kernel(
                                           BLOCK_B, 2 * BLOCK_H, BLOCK_K, PRECISION)
                     m_r, m_z = _split2(acc, BLOCK_B, BLOCK_H)
                 else:
-                    m_r = tl.load(hh_at, mask=tile_ok, other=0.0)
-                    m_z = tl.load(hh_at + HP, mask=tile_ok, other=0.0)
+                    m_r = tl.load(hh_at, mask=tile_ok, other=0.0, cache_modifier=".cg")
+                    m_z = tl.load(hh_at + HP, mask=tile_ok, other=0.0, cache_modifier=".cg")
                 r = _sigmoid(tl.load(x_at, mask=tile_ok, other=0.0).to(tl.float32) + m_r)
                 z = _sigmoid(tl.load(x_at + H, mask=tile_ok, other=0.0).to(tl.float32) + m_z)
                 tl.store(ws_at, tl.where(vmask, r, 0.0).to(ws_ty), mask=tile_ok)
@@ -386,7 +387,8 @@ def recurrent_forward_kernel(
                                           w_hh_ptr + 2 * HP * HP, 1, units * HP, unit_ok,
                                           BLOCK_B, BLOCK_H, BLOCK_K, PRECISION)
                 else:
-                    m_n = tl.load(hh_at + 2 * HP, mask=tile_ok, other=0.0)
+                    m_n = tl.load(hh_at + 2 * HP, mask=tile_ok, other=0.0,
+                                  cache_modifier=".cg")
                 z = tl.load(ws_at + H, mask=tile_ok & vmask, other=0.0).to(tl.float32)
                 n = _tanh(tl.load(x_at + 2 * H, mask=tile_ok, other=0.0).to(tl.float32) + m_n)
                 h_new = (1.0 - z) * n + z * h
@@ -401,7 +403,7 @@ def recurrent_forward_kernel(
                 m_a = _stacked_matmul(h_src_rows, row_ok, HP, w_hh_ptr, 1, units * HP, unit_ok,
                                       BLOCK_B, BLOCK_H, BLOCK_K, PRECISION)
             else:
-                m_a = tl.load(hh_at, mask=tile_ok, other=0.0)
+                m_a = tl.load(hh_at, mask=tile_ok, other=0.0, cache_modifier=".cg")
             a = x_a + m_a
             if CELL == 3:
                 h_new = _tanh(a)
@@ -418,43 +420,55 @@ def recurrent_forward_kernel(
         tl.store(c_state_ptr + own, c, mask=tile_ok)
 
 
-# ----------------------------------------------------------------------------------------------
-# Backward (BPTT)
-# ----------------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=["iter_begin", "iter_end", "reverse"])
-def recurrent_backward_kernel(
-        grad_out_ptr,   # (T, B, H) input dtype
-        w_hh_ptr,       # (G*HP, HP) W_hh, zero-padded to HP
+# Step bounds vary per launch in per-step mode: no specialisation on their values (a value of 1
+# would otherwise compile a separate variant).
+@triton.jit(do_not_specialize=["step_begin", "step_end", "reverse"])
+def recurrent_forward_kernel(
+        xproj_ptr,      # (T, B, G*H) input projection + biases (except b_hn of GRU reset_after)
+        w_hh_ptr,       # (G, HP, HP) W_hh, zero-padded to HP (a multiple of 16 and BLOCK_H)
+        b_hn_ptr,       # (H,) b_hh of the n gate (GRU reset_after; unused otherwise)
         lengths_ptr,    # (B,) int64
-        h0_ptr,         # (B, H) input dtype
-        c0_ptr,         # (B, H) input dtype (LSTM)
-        out_ptr,        # (T, B, H) forward output (h_prev of GRU)
-        ws_ptr,         # (T, B, WS_WIDTH*H) forward workspace
-        dh_state_ptr,   # (B, H) float32 dh carry (the part not yet reduced over W_hh^T)
-        dc_state_ptr,   # (B, H) float32 dc carry (LSTM)
-        dh_total_ptr,   # (B, H) float32 dh of the step, between the GRU reset_before phases
-        dgate_ptr,      # (T, B, G*HP) dot dtype: gate gradients (hh side), also the exchange
-                        # (zero in the padding units: the dh reduction runs over G*HP)
-        dgate_n_ptr,    # (T, B, H) dot dtype: GRU reset_after d(pre-activation of n), ih side
-        hh_ptr,         # (B, HP) float32 (RECURRENT == 1): phase 1, the previous iteration's
-                        # gate gradients @ W_hh; phase 2 (GRU reset_before), da_n @ W_hn
-        dgate_step_ptr,  # (B, G*HP) dot dtype (RECURRENT == 1): this iteration's gate
-                         # gradients by row, what the next recurrent GEMM reads
-        sem_ptr,        # (n_batch_tiles,) int32 barrier words
-        iter_begin, iter_end, T, B, H, HP, reverse,
+        h_state_ptr,    # (B, H) float32 own units' h carried between launches
+        h_exchange_ptr,  # (2, B, HP) dot dtype; slot s % 2 holds h before step s (all units;
+                         # zero past H)
+        c_state_ptr,    # (B, H) float32 LSTM cell state carried between launches
+        exchange_ptr,   # (2, B, HP) dot dtype: r*h exchanged between the GRU reset_before phases
+        hh_ptr,         # (B, G*HP) float32: this step's h @ W_hh^T (RECURRENT == 1; the n
+                        # columns of GRU reset_before hold (r*h) @ W_hn^T in phase 2)
+        out_ptr,        # (T, B, H) input dtype
+        ws_ptr,         # (T, B, WS_WIDTH*H) workspace
+        sem_ptr,        # (n_batch_tiles,) int32 barrier words (SYNC_GRID)
+        step_begin, step_end, B, H, HP, reverse,
         CELL: tl.constexpr, NUM_GATES: tl.constexpr, WS_WIDTH: tl.constexpr,
         PHASES: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
         SYNC: tl.constexpr, PRECISION: tl.constexpr, RECURRENT: tl.constexpr):
-    """Iterations [iter_begin, iter_end) of the reverse-time sweep; iteration k in 0..T:
-    (a) finishes dh of step T-k (k > 0): dh += dgate[t] (all units) @ W_hh[:, own units];
-    (b) computes the gate gradients of step T-1-k (k < T) for own units and writes them.
-    A barrier follows (b), so (a) of the next iteration sees every program's gate gradients.
-    GRU reset_before needs one more exchange per step (d(r*h) = W_hn^T da_n): phase 2.
-    Afterwards dh_state holds grad h0 and dc_state grad c0. RECURRENT == 1 (GEMM per-step
-    mode, one iteration per launch): the products over W_hh come from hh_ptr, computed by
-    recurrent_matmul_kernel from dgate_step_ptr between launches."""
-    pid = tl.program_id(0)
+    """Steps [step_begin, step_end) of the forward recurrence for one (batch tile, hidden tile).
+
+    Program id = batch_tile * n_hidden_tiles + hidden_tile. PHASES (bit mask) selects the
+    phases run per step: GRU reset_before has two (r,z then n, with an exchange of r*h between
+    them); every other cell has one (PHASES=1). RECURRENT: 0 computes h @ W_hh^T here (stacked
+    dots over the exchanged h); 1 reads it from hh_ptr, written by recurrent_matmul_kernel
+    before this launch (the GEMM per-step mode: one step per launch, the kernel is the fused
+    gate math only)."""
+    _forward_tile(tl.program_id(0), xproj_ptr, w_hh_ptr, b_hn_ptr, lengths_ptr, h_state_ptr,
+                  h_exchange_ptr, c_state_ptr, exchange_ptr, hh_ptr, out_ptr, ws_ptr, sem_ptr,
+                  step_begin, step_end, B, H, HP, reverse, CELL, NUM_GATES, WS_WIDTH, PHASES,
+                  BLOCK_B, BLOCK_H, BLOCK_K, SYNC, PRECISION, RECURRENT)
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward (BPTT)
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _backward_tile(pid, grad_out_ptr, w_hh_ptr, lengths_ptr, h0_ptr, c0_ptr, out_ptr, ws_ptr,
+                   dh_state_ptr, dc_state_ptr, dh_total_ptr, dgate_ptr, dgate_n_ptr, hh_ptr,
+                   dgate_step_ptr, sem_ptr, iter_begin, iter_end, T, B, H, HP, reverse,
+                   CELL: tl.constexpr, NUM_GATES: tl.constexpr, WS_WIDTH: tl.constexpr,
+                   PHASES: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                   BLOCK_K: tl.constexpr, SYNC: tl.constexpr, PRECISION: tl.constexpr,
+                   RECURRENT: tl.constexpr):
+    """recurrent_backward_kernel's work for the tile numbered pid (see its docstring)."""
     n_htiles = tl.cdiv(H, BLOCK_H)
     pid_h = pid % n_htiles
     pid_b = pid // n_htiles
@@ -496,7 +510,7 @@ def recurrent_backward_kernel(
                                            BLOCK_B, BLOCK_H, BLOCK_K, PRECISION)
                 else:
                     m_dh = tl.load(hh_ptr + rows[:, None] * HP + units[None, :], mask=tile_ok,
-                                   other=0.0)
+                                   other=0.0, cache_modifier=".cg")
                 dh = dh + m_dh
             if k < T:
                 s = T - 1 - k
@@ -593,7 +607,7 @@ def recurrent_backward_kernel(
                                            BLOCK_H, BLOCK_K, PRECISION)
                 else:
                     d_rh = tl.load(hh_ptr + rows[:, None] * HP + units[None, :], mask=tile_ok,
-                                   other=0.0)
+                                   other=0.0, cache_modifier=".cg")
                 h_prev = tl.load(out_ptr + (t_prev * B + rows)[:, None] * H + units[None, :],
                                  mask=later, other=0.0).to(tl.float32)
                 h_prev = h_prev + tl.load(h0_ptr + own, mask=tile_ok & first,
@@ -609,6 +623,155 @@ def recurrent_backward_kernel(
     tl.store(dh_state_ptr + own, dh, mask=tile_ok)
     if CELL == 0:
         tl.store(dc_state_ptr + own, dc, mask=tile_ok)
+
+
+@triton.jit(do_not_specialize=["iter_begin", "iter_end", "reverse"])
+def recurrent_backward_kernel(
+        grad_out_ptr,   # (T, B, H) input dtype
+        w_hh_ptr,       # (G*HP, HP) W_hh, zero-padded to HP
+        lengths_ptr,    # (B,) int64
+        h0_ptr,         # (B, H) input dtype
+        c0_ptr,         # (B, H) input dtype (LSTM)
+        out_ptr,        # (T, B, H) forward output (h_prev of GRU)
+        ws_ptr,         # (T, B, WS_WIDTH*H) forward workspace
+        dh_state_ptr,   # (B, H) float32 dh carry (the part not yet reduced over W_hh^T)
+        dc_state_ptr,   # (B, H) float32 dc carry (LSTM)
+        dh_total_ptr,   # (B, H) float32 dh of the step, between the GRU reset_before phases
+        dgate_ptr,      # (T, B, G*HP) dot dtype: gate gradients (hh side), also the exchange
+                        # (zero in the padding units: the dh reduction runs over G*HP)
+        dgate_n_ptr,    # (T, B, H) dot dtype: GRU reset_after d(pre-activation of n), ih side
+        hh_ptr,         # (B, HP) float32 (RECURRENT == 1): phase 1, the previous iteration's
+                        # gate gradients @ W_hh; phase 2 (GRU reset_before), da_n @ W_hn
+        dgate_step_ptr,  # (B, G*HP) dot dtype (RECURRENT == 1): this iteration's gate
+                         # gradients by row, what the next recurrent GEMM reads
+        sem_ptr,        # (n_batch_tiles,) int32 barrier words
+        iter_begin, iter_end, T, B, H, HP, reverse,
+        CELL: tl.constexpr, NUM_GATES: tl.constexpr, WS_WIDTH: tl.constexpr,
+        PHASES: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+        SYNC: tl.constexpr, PRECISION: tl.constexpr, RECURRENT: tl.constexpr):
+    """Iterations [iter_begin, iter_end) of the reverse-time sweep; iteration k in 0..T:
+    (a) finishes dh of step T-k (k > 0): dh += dgate[t] (all units) @ W_hh[:, own units];
+    (b) computes the gate gradients of step T-1-k (k < T) for own units and writes them.
+    A barrier follows (b), so (a) of the next iteration sees every program's gate gradients.
+    GRU reset_before needs one more exchange per step (d(r*h) = W_hn^T da_n): phase 2.
+    Afterwards dh_state holds grad h0 and dc_state grad c0. RECURRENT == 1 (GEMM per-step
+    mode, one iteration per launch): the products over W_hh come from hh_ptr, computed by
+    recurrent_matmul_kernel from dgate_step_ptr between launches."""
+    _backward_tile(tl.program_id(0), grad_out_ptr, w_hh_ptr, lengths_ptr, h0_ptr, c0_ptr, out_ptr,
+                   ws_ptr, dh_state_ptr, dc_state_ptr, dh_total_ptr, dgate_ptr, dgate_n_ptr,
+                   hh_ptr, dgate_step_ptr, sem_ptr, iter_begin, iter_end, T, B, H, HP, reverse,
+                   CELL, NUM_GATES, WS_WIDTH, PHASES, BLOCK_B, BLOCK_H, BLOCK_K, SYNC, PRECISION,
+                   RECURRENT)
+
+
+# ----------------------------------------------------------------------------------------------
+# The persistent GEMM mode: the per-step GEMM and the gate math in one launch
+# ----------------------------------------------------------------------------------------------
+# The GEMM mode's two launches a step cost Triton's Python launch path twice a step (T = 512:
+# ~1000 launches), which at mid H would be most of the time. Here a co-resident grid (one
+# program per SM, launched cooperatively) runs every step: each step the programs share the
+# recurrent GEMM's tiles, meet at a grid barrier, share the gate-math tiles, meet again. The
+# bodies are recurrent_matmul_kernel's and the recurrence kernels' (RECURRENT=1), so this mode
+# computes exactly what the two-launch form does. Interpreter-safe form: the same kernel with a
+# grid of one program (SYNC_CTA), which loops over every tile itself.
+@triton.jit(do_not_specialize=["T", "reverse"])
+def recurrent_gemm_forward_kernel(
+        xproj_ptr, w_hh_ptr, b_hn_ptr, lengths_ptr, h_state_ptr, h_exchange_ptr, c_state_ptr,
+        exchange_ptr, hh_ptr, out_ptr, ws_ptr,   # as recurrent_forward_kernel's
+        sem_ptr,        # (1,) int32: the grid barrier's word
+        T, B, H, HP, reverse,
+        CELL: tl.constexpr, NUM_GATES: tl.constexpr, WS_WIDTH: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SYNC: tl.constexpr,
+        PRECISION: tl.constexpr):
+    """All T steps of the forward recurrence, the recurrent product of each step as a tiled
+    GEMM: hh = h @ W_hh^T ((BLOCK_M, BLOCK_N) tiles; GRU reset_before: the r, z rows, then
+    hh[:, n] = (r*h) @ W_hn^T between its two phases), then the fused gate math over
+    (BLOCK_B, BLOCK_H) tiles, a grid barrier after each. Program p takes tiles p, p + P, ...
+    of both kinds (P programs, all co-resident)."""
+    pid = tl.program_id(0)
+    n_programs = tl.num_programs(0)
+    n_tiles = tl.cdiv(B, BLOCK_B) * tl.cdiv(H, BLOCK_H)
+    leader = pid == 0
+    if CELL == 2:
+        first_rows = 2 * HP
+    else:
+        first_rows = NUM_GATES * HP
+    for s in range(0, T):
+        slot = (s % 2) * B * HP
+        _matmul_tiles(pid, n_programs, h_exchange_ptr + slot, w_hh_ptr, hh_ptr, B, first_rows,
+                      HP, HP, HP, NUM_GATES * HP, True, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
+        _sync(sem_ptr, n_programs, leader, SYNC)
+        for tile in range(pid, n_tiles, n_programs):
+            _forward_tile(tile, xproj_ptr, w_hh_ptr, b_hn_ptr, lengths_ptr, h_state_ptr,
+                          h_exchange_ptr, c_state_ptr, exchange_ptr, hh_ptr, out_ptr, ws_ptr,
+                          sem_ptr, s, s + 1, B, H, HP, reverse, CELL, NUM_GATES, WS_WIDTH, 1,
+                          BLOCK_B, BLOCK_H, BLOCK_K, 0, PRECISION, 1)
+        _sync(sem_ptr, n_programs, leader, SYNC)
+        if CELL == 2:
+            _matmul_tiles(pid, n_programs, exchange_ptr + slot, w_hh_ptr + 2 * HP * HP,
+                          hh_ptr + 2 * HP, B, HP, HP, HP, HP, NUM_GATES * HP, True, BLOCK_M,
+                          BLOCK_N, BLOCK_K, PRECISION)
+            _sync(sem_ptr, n_programs, leader, SYNC)
+            for tile in range(pid, n_tiles, n_programs):
+                _forward_tile(tile, xproj_ptr, w_hh_ptr, b_hn_ptr, lengths_ptr, h_state_ptr,
+                              h_exchange_ptr, c_state_ptr, exchange_ptr, hh_ptr, out_ptr,
+                              ws_ptr, sem_ptr, s, s + 1, B, H, HP, reverse, CELL, NUM_GATES,
+                              WS_WIDTH, 2, BLOCK_B, BLOCK_H, BLOCK_K, 0, PRECISION, 1)
+            _sync(sem_ptr, n_programs, leader, SYNC)
+
+
+@triton.jit(do_not_specialize=["T", "reverse"])
+def recurrent_gemm_backward_kernel(
+        grad_out_ptr, w_hh_ptr, lengths_ptr, h0_ptr, c0_ptr, out_ptr, ws_ptr, dh_state_ptr,
+        dc_state_ptr, dh_total_ptr, dgate_ptr, dgate_n_ptr, hh_ptr,
+        dgate_step_ptr,  # as recurrent_backward_kernel's
+        sem_ptr,        # (1,) int32: the grid barrier's word
+        T, B, H, HP, reverse,
+        CELL: tl.constexpr, NUM_GATES: tl.constexpr, WS_WIDTH: tl.constexpr,
+        BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SYNC: tl.constexpr,
+        PRECISION: tl.constexpr):
+    """All T + 1 iterations of the reverse-time sweep (recurrent_backward_kernel's), the
+    products over W_hh as tiled GEMMs: iteration k > 0 first reduces the previous iteration's
+    gate gradients (dgate_step, by row) over W_hh into hh, then the gate-gradient tiles;
+    GRU reset_before then hh = da_n @ W_hn and its second phase. A grid barrier after each."""
+    pid = tl.program_id(0)
+    n_programs = tl.num_programs(0)
+    n_tiles = tl.cdiv(B, BLOCK_B) * tl.cdiv(H, BLOCK_H)
+    leader = pid == 0
+    GHP = NUM_GATES * HP
+    if CELL == 2:
+        reduced_rows = 2 * HP    # the n rows go through phase 2
+    else:
+        reduced_rows = GHP
+    for k in range(0, T + 1):
+        if k > 0:
+            _matmul_tiles(pid, n_programs, dgate_step_ptr, w_hh_ptr, hh_ptr, B, HP,
+                          reduced_rows, GHP, HP, HP, False, BLOCK_M, BLOCK_N, BLOCK_K,
+                          PRECISION)
+            _sync(sem_ptr, n_programs, leader, SYNC)
+        for tile in range(pid, n_tiles, n_programs):
+            _backward_tile(tile, grad_out_ptr, w_hh_ptr, lengths_ptr, h0_ptr, c0_ptr, out_ptr,
+                           ws_ptr, dh_state_ptr, dc_state_ptr, dh_total_ptr, dgate_ptr,
+                           dgate_n_ptr, hh_ptr, dgate_step_ptr, sem_ptr, k, k + 1, T, B, H, HP,
+                           reverse, CELL, NUM_GATES, WS_WIDTH, 1, BLOCK_B, BLOCK_H, BLOCK_K,
+                           0, PRECISION, 1)
+        _sync(sem_ptr, n_programs, leader, SYNC)
+        if CELL == 2:
+            if k < T:
+                _matmul_tiles(pid, n_programs, dgate_step_ptr + 2 * HP, w_hh_ptr + 2 * HP * HP,
+                              hh_ptr, B, HP, HP, GHP, HP, HP, False, BLOCK_M, BLOCK_N,
+                              BLOCK_K, PRECISION)
+                _sync(sem_ptr, n_programs, leader, SYNC)
+                for tile in range(pid, n_tiles, n_programs):
+                    _backward_tile(tile, grad_out_ptr, w_hh_ptr, lengths_ptr, h0_ptr, c0_ptr,
+                                   out_ptr, ws_ptr, dh_state_ptr, dc_state_ptr, dh_total_ptr,
+                                   dgate_ptr, dgate_n_ptr, hh_ptr, dgate_step_ptr, sem_ptr, k,
+                                   k + 1, T, B, H, HP, reverse, CELL, NUM_GATES, WS_WIDTH, 2,
+                                   BLOCK_B, BLOCK_H, BLOCK_K, 0, PRECISION, 1)
+                _sync(sem_ptr, n_programs, leader, SYNC)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -628,7 +791,8 @@ def _pow2_at_least(n: int) -> int:
 @dataclass(frozen=True)
 class LaunchConfig:
     mode: str           # "persistent" | "per_step" | "gemm"
-    sync: int           # SYNC_* for persistent launches (per_step, gemm: SYNC_NONE)
+    sync: int           # SYNC_* between steps (per_step and the gemm mode's per-step form:
+                        # SYNC_NONE, the launch boundary)
     block_b: int
     block_h: int
     block_k: int
@@ -639,10 +803,12 @@ class LaunchConfig:
     num_warps_bwd: int = 4
     # gemm mode: recurrent_matmul_kernel's (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages)
     matmul: tuple = ()
+    # persistent gemm mode: its grid (co-resident programs sharing the tiles); 0 otherwise
+    programs: int = 0
 
     @property
     def grid(self):
-        return (self.n_btiles * self.n_htiles,)
+        return (self.programs or self.n_btiles * self.n_htiles,)
 
 
 # Register budget per program: BLOCK_B * BLOCK_H <= 2048 state values (c, h, the gate tiles,
@@ -663,9 +829,10 @@ def choose_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
     """Pick mode and tiles for a (cell, H, B, dtype) on a device with sm_count SMs.
 
     mode forces "single" (one program per batch tile owns all units), "split" (split hidden,
-    persistent with the grid barrier; on the interpreter per-step instead), "per_step" or
-    "gemm". Default: the widest co-resident split; the GEMM per-step mode where it does not
-    fit."""
+    persistent with the grid barrier; on the interpreter per-step instead), "per_step", "gemm"
+    (the recurrent product as a GEMM a step, all steps in one launch) or "gemm_per_step" (the
+    same, two launches a step). Default: the widest co-resident split; the gemm mode where it
+    does not fit."""
     G = NUM_GATES[cell]
     ng = 4 if G >= 3 else G
     # BLOCK_K: the K loop is latency-bound (an L2 round trip per iteration), so few, wide
@@ -718,7 +885,9 @@ def choose_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
         bb = MIN_DOT_TILE if interpret else block_b
         return make("per_step", SYNC_NONE, bb, bh)
     if mode == "gemm":
-        return _gemm_config(H, B, dtype, interpret)
+        return _gemm_config(cell, H, B, dtype, sm_count, interpret)
+    if mode == "gemm_per_step":
+        return gemm_per_step(_gemm_config(cell, H, B, dtype, sm_count, interpret))
     # Split hidden: smallest hidden tile that keeps the grid co-resident.
     max_programs = sm_count * PROGRAMS_PER_SM
     bh = MIN_DOT_TILE
@@ -730,11 +899,12 @@ def choose_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
         return cfg
     if mode == "split":
         raise ValueError("split-hidden mode does not fit co-resident on this device")
-    return _gemm_config(H, B, dtype, interpret)
+    return _gemm_config(cell, H, B, dtype, sm_count, interpret)
 
 
-def _gemm_config(H: int, B: int, dtype: torch.dtype, interpret: bool) -> LaunchConfig:
-    """The GEMM per-step mode's tiles: the gate-math kernel and recurrent_matmul_kernel.
+def _gemm_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
+                 interpret: bool) -> LaunchConfig:
+    """The gemm mode's tiles: the gate math's and the recurrent GEMM's, and its grid.
 
     Not yet timed on a GPU (no device in the sessions since this mode was written): the GEMM
     tiles are the usual Ampere/Hopper Triton matmul shapes, 128 x 128 (64 x 128 for B <= 64,
@@ -744,18 +914,34 @@ def _gemm_config(H: int, B: int, dtype: torch.dtype, interpret: bool) -> LaunchC
     8 warps, 4 units a thread (16-byte vectors); at 4 warps the LSTM forward took 255 registers
     and spilled 16-64 B (its 64-bit pointer tiles for x, hh, out, the workspace and the
     exchange), the others 150-255 (perf/compile_report.py). Both are for perf/bench_rnn_gpu.py
-    to tune on the next device."""
+    to tune on the next device.
+
+    One launch (recurrent_gemm_*_kernel) with one program per SM, as many as there are tiles
+    of either kind: the co-resident grid that a cooperative launch guarantees (8 warps at up
+    to 255 registers: one program an SM). On the interpreter one program (SYNC_CTA) runs every
+    tile."""
     if interpret:
-        # Small tiles so that several programs, and the masked edges of M, N and H, are
-        # exercised at the interpreter's sizes.
+        # Small tiles so that several programs' worth of tiles, and the masked edges of M, N
+        # and H, are exercised at the interpreter's sizes.
         bb, bh, matmul = MIN_DOT_TILE, MIN_DOT_TILE, (16, 32, 16, 4, 1)
     else:
         block_m = 64 if B <= 64 else 128
         matmul = (block_m, 128, 32 if dtype == torch.float32 else 64, 4 if block_m == 64 else 8, 3)
         bb, bh = 16, 64
     warps = 4 if interpret else 8
-    return LaunchConfig("gemm", SYNC_NONE, bb, bh, MIN_DOT_TILE, warps, -(-B // bb), -(-H // bh),
-                        1, warps, matmul)
+    n_btiles, n_htiles = -(-B // bb), -(-H // bh)
+    hp = n_htiles * bh
+    gemm_tiles = -(-B // matmul[0]) * -(-(NUM_GATES[cell] * hp) // matmul[1])
+    programs = 1 if interpret else min(sm_count * PROGRAMS_PER_SM,
+                                       max(gemm_tiles, n_btiles * n_htiles))
+    return LaunchConfig("gemm", SYNC_CTA if interpret else SYNC_GRID, bb, bh, matmul[2], warps,
+                        n_btiles, n_htiles, matmul[4], warps, matmul, programs)
+
+
+def gemm_per_step(cfg: LaunchConfig) -> LaunchConfig:
+    """The two-launches-a-step form of a gemm-mode config: recurrent_matmul_kernel, then the
+    recurrence kernel with RECURRENT=1 (its gate math without stages: no dot)."""
+    return replace(cfg, sync=SYNC_NONE, block_k=MIN_DOT_TILE, num_stages=1, programs=0)
 
 
 def workspace_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -777,7 +963,7 @@ def _launch_kwargs(cfg: LaunchConfig, backward: bool = False):
         return {}
     warps = cfg.num_warps_bwd if backward else cfg.num_warps
     kw = {"num_warps": warps, "num_stages": cfg.num_stages, "maxnreg": max_registers(warps)}
-    if cfg.mode == "persistent" and cfg.sync == SYNC_GRID:
+    if cfg.sync == SYNC_GRID:   # a spin barrier: the grid must be co-resident
         kw["launch_cooperative_grid"] = True
     return kw
 
@@ -855,6 +1041,13 @@ def recurrent_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
         recurrent_forward_kernel[cfg.grid](*args, 0, T, B, H, HP, int(reverse),
                                            PHASES=3 if two_phase else 1, SYNC=cfg.sync,
                                            **common)
+    elif gemm and cfg.sync != SYNC_NONE:
+        block_m, block_n, block_k, _, _ = cfg.matmul
+        recurrent_gemm_forward_kernel[cfg.grid](
+            *args, T, B, H, HP, int(reverse), CELL=cell, NUM_GATES=G,
+            WS_WIDTH=WORKSPACE_WIDTH[cell], BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SYNC=cfg.sync,
+            PRECISION=precision, **_launch_kwargs(cfg))
     elif gemm:
         # Per step: hh = h @ W_hh^T (for GRU reset_before only the r, z rows), the gate math;
         # GRU reset_before then hh[:, n] = (r*h) @ W_hn^T and its second phase.
@@ -960,6 +1153,13 @@ def recurrent_backward(cell, grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w
         recurrent_backward_kernel[cfg.grid](*args, 0, T + 1, T, B, H, HP, int(reverse),
                                             PHASES=3 if two_phase else 1, SYNC=cfg.sync,
                                             **common)
+    elif gemm and cfg.sync != SYNC_NONE:
+        block_m, block_n, block_k, _, _ = cfg.matmul
+        recurrent_gemm_backward_kernel[cfg.grid](
+            *args, T, B, H, HP, int(reverse), CELL=cell, NUM_GATES=G,
+            WS_WIDTH=WORKSPACE_WIDTH[cell], BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SYNC=cfg.sync,
+            PRECISION=precision, **_launch_kwargs(cfg, backward=True))
     elif gemm:
         # Iteration k: hh = (gate gradients of step T-k, by row) @ W_hh (for GRU reset_before
         # only the r, z rows), then dh of step T-k and the gate gradients of step T-1-k; GRU
@@ -1026,11 +1226,19 @@ def kernel_configs(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
 def expand_config(cell: int, cfg: LaunchConfig, dtype: torch.dtype):
     """The (kernel name, constexprs, num_warps, num_stages) launches of one LaunchConfig."""
     two_phase = cell == CELL_GRU_RESET_BEFORE
+    precision = "tf32" if dtype == torch.float32 else "ieee"
+    if cfg.mode == "gemm" and cfg.sync != SYNC_NONE:
+        block_m, block_n, block_k, _, _ = cfg.matmul
+        constexprs = dict(CELL=cell, NUM_GATES=NUM_GATES[cell], WS_WIDTH=WORKSPACE_WIDTH[cell],
+                          BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_M=block_m,
+                          BLOCK_N=block_n, BLOCK_K=block_k, SYNC=cfg.sync, PRECISION=precision)
+        return [("recurrent_gemm_forward_kernel", constexprs, cfg.num_warps, cfg.num_stages),
+                ("recurrent_gemm_backward_kernel", dict(constexprs), cfg.num_warps_bwd,
+                 cfg.num_stages)]
     if cfg.mode in ("per_step", "gemm"):
         phases, sync = ((1, 2) if two_phase else (1,)), SYNC_NONE
     else:
         phases, sync = ((3,) if two_phase else (1,)), cfg.sync
-    precision = "tf32" if dtype == torch.float32 else "ieee"
     out = []
     for kernel in ("recurrent_forward_kernel", "recurrent_backward_kernel"):
         for ph in phases:

@@ -8,9 +8,9 @@ the B=1, H=512 persistent configuration, against our forward per step at that si
 
 float32 runs with torch.backends.cudnn.allow_tf32 as torch sets it (True: both sides use TF32).
 
-``--mode`` forces one launcher mode for every case (single, split, per_step, gemm) to compare
-them where the default choice is in doubt, e.g. the GEMM per-step mode against the split one at
-float32 B = 64.
+``--mode`` forces one launcher mode for every case (single, split, per_step, gemm,
+gemm_per_step) to compare them where the default choice is in doubt, e.g. the gemm mode against
+the split one at float32 B = 64, or its one launch against its two launches a step.
 
 Usage: python perf/bench_rnn_gpu.py [--quick] [--plot out.png] [--csv out.csv] [--mode M]
        (perf/bench_rnn.py --gpu calls main(argv))
@@ -140,7 +140,8 @@ def main(argv=None):
     p.add_argument("--dtypes", default=None, help="comma list, e.g. float32,bfloat16")
     p.add_argument("--batches", default=None, help="comma list")
     p.add_argument("--hiddens", default=None, help="comma list")
-    p.add_argument("--mode", default=None, choices=("single", "split", "per_step", "gemm"),
+    p.add_argument("--mode", default=None,
+                   choices=("single", "split", "per_step", "gemm", "gemm_per_step"),
                    help="force one launcher mode (default: the launcher's choice per size)")
     a = p.parse_args(argv)
     import torch

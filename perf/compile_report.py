@@ -90,6 +90,8 @@ def enumerate_configs(archs, quick=False):
             for cell in C.CELL_NAMES:
                 cfgs = {C.choose_config(cell, H, B, dt, sms, capability=(cap // 10, cap % 10))
                         for H in hs for B in bs}
+                # the gemm mode's two-launches-a-step form (forced by mode="gemm_per_step")
+                cfgs |= {C.gemm_per_step(cfg) for cfg in cfgs if cfg.mode == "gemm"}
                 for cfg in cfgs:
                     for kernel, cx, warps, stages in C.expand_config(cell, cfg, dt):
                         out.add((cap, kernel, tuple(sorted(cx.items())), warps, stages, dt_name))
@@ -177,7 +179,10 @@ def describe(row):
         return dict(cap=cap, dtype="", kernel=f"{module}.{kernel}", detail=label, warps=warps)
     cap, kernel, cx_items, warps, _stages, dt_name = row
     cx = dict(cx_items)
-    if "CELL" in cx:
+    if "BLOCK_M" in cx and "CELL" in cx:   # the persistent gemm mode's kernels
+        detail = (f"{_common().CELL_NAMES[cx['CELL']]} BB={cx['BLOCK_B']} BH={cx['BLOCK_H']} "
+                  f"BM={cx['BLOCK_M']} BN={cx['BLOCK_N']} BK={cx['BLOCK_K']} sync={cx['SYNC']}")
+    elif "CELL" in cx:
         detail = (f"{_common().CELL_NAMES[cx['CELL']]} ph={cx['PHASES']} BB={cx['BLOCK_B']} "
                   f"BH={cx['BLOCK_H']} BK={cx['BLOCK_K']} sync={cx['SYNC']} rec={cx['RECURRENT']}")
     else:   # the GEMM per-step mode's recurrent_matmul_kernel

@@ -6,8 +6,8 @@
 #   bash perf/gpu_session.sh tests   # pytest -m gpu, then the compile gate's op kernels on the device's Triton
 #   bash perf/gpu_session.sh conv    # perf/bench_conv.py --gpu (Triton conv2d vs cuDNN, fp32 and bf16)
 #   bash perf/gpu_session.sh rnn     # perf/bench_rnn.py --gpu (Triton recurrences vs cuDNN, full grid)
-#   bash perf/gpu_session.sh rnn-modes  # the GEMM per-step mode forced where the split one runs
-#                                       # (float32/bf16, B 64 and 256): which to pick where
+#   bash perf/gpu_session.sh rnn-modes  # the gemm mode forced where the split one runs, and its
+#                                       # two-launches-a-step form (float32/bf16, B 64 and 256)
 #   bash perf/gpu_session.sh all     # all of the above (more than one call's time: use the stages)
 #
 # A fresh device starts bare: run `setup` in the same call as a later stage, e.g.
@@ -50,6 +50,9 @@ for step in "${@:-all}"; do
             stage bench_rnn_gemm_mode "$PYTHON" perf/bench_rnn.py --gpu --mode gemm --no-packed \
                 --cells lstm,gru --dtypes float32,bfloat16 --batches 64,256 --hiddens 512,768,1024,2048 \
                 --csv "$OUT/bench_rnn_gemm_mode.csv"
+            stage bench_rnn_gemm_per_step "$PYTHON" perf/bench_rnn.py --gpu --mode gemm_per_step \
+                --no-packed --cells lstm --dtypes float32,bfloat16 --batches 256 \
+                --hiddens 768,1024,2048 --csv "$OUT/bench_rnn_gemm_per_step.csv"
             ;;
         setup|tests|conv|rnn|all) ;;
         *) echo "unknown stage '$step' (setup, tests, conv, rnn, rnn-modes, all)"; exit 2 ;;

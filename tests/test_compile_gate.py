@@ -35,11 +35,13 @@ def test_every_config_compiles_without_spills():
 
 
 def test_enumeration_covers_every_mode():
-    """The enumerated grid reaches the split-hidden (grid barrier) and GEMM per-step modes, so
-    the gate compiles each kernel body variant and the step GEMM."""
+    """The enumerated grid reaches the split-hidden (grid barrier) mode and the gemm mode in
+    both forms (one launch; two a step), so the gate compiles each kernel body variant, the
+    step GEMM and the one-launch gemm kernels."""
     report = _report_module()
     rows = report.enumerate_configs((90,), quick=True)
-    cell_rows = [dict(r[2]) for r in rows if r[1] != "recurrent_matmul_kernel"]
+    cell_rows = [dict(r[2]) for r in rows if r[1] in ("recurrent_forward_kernel",
+                                                     "recurrent_backward_kernel")]
     syncs = {cx["SYNC"] for cx in cell_rows}
     phases = {cx["PHASES"] for cx in cell_rows}
     assert {0, 2} <= syncs          # per-step (the GEMM mode) and split-hidden
@@ -47,13 +49,19 @@ def test_enumeration_covers_every_mode():
     assert {0, 1} <= {cx["RECURRENT"] for cx in cell_rows}   # product in-kernel / from the GEMM
     matmuls = {dict(r[2])["W_TRANSPOSED"] for r in rows if r[1] == "recurrent_matmul_kernel"}
     assert matmuls == {True, False}  # forward h @ W^T and backward gradients @ W
+    one_launch = {(r[1], dict(r[2])["CELL"]) for r in rows if r[1].startswith("recurrent_gemm_")}
+    assert one_launch == {(k, cell) for k in ("recurrent_gemm_forward_kernel",
+                                              "recurrent_gemm_backward_kernel")
+                          for cell in range(5)}
+    assert all(dict(r[2])["SYNC"] == 2 for r in rows if r[1].startswith("recurrent_gemm_"))
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_launcher_falls_back_to_the_gemm_mode(cell):
     """Where no co-resident split fits on an H200's 132 SMs (B=256 with H >= 768 for the gated
-    cells, H = 2048 for the Elman RNN; B=1024) the launcher picks the GEMM per-step mode, with
-    its GEMM tiles; small sizes stay persistent."""
+    cells, H = 2048 for the Elman RNN; B=1024) the launcher picks the gemm mode, with its GEMM
+    tiles, in one cooperative launch of at most one program per SM; small sizes stay
+    persistent."""
     import torch
 
     C = _report_module()._common()
@@ -62,6 +70,9 @@ def test_launcher_falls_back_to_the_gemm_mode(cell):
     for H, B in sizes:
         cfg = C.choose_config(code, H, B, torch.float32, 132)
         assert cfg.mode == "gemm" and len(cfg.matmul) == 5, (H, B, cfg)
+        assert cfg.sync == C.SYNC_GRID and 0 < cfg.grid[0] <= 132, (H, B, cfg)
+        step = C.gemm_per_step(cfg)   # its two-launches-a-step form
+        assert step.sync == C.SYNC_NONE and step.grid == (cfg.n_btiles * cfg.n_htiles,)
     assert C.choose_config(code, 512, 8, torch.bfloat16, 132).mode == "persistent"
 
 

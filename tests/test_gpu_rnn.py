@@ -52,8 +52,8 @@ def _lengths(B, T, seed):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
                          ids=["fp32", "bf16", "fp16"])
-@pytest.mark.parametrize("mode", [None, "single", "per_step", "gemm"],
-                         ids=["split", "single", "step", "gemm"])
+@pytest.mark.parametrize("mode", [None, "single", "per_step", "gemm", "gemm_per_step"],
+                         ids=["split", "single", "step", "gemm", "gemm_step"])
 @pytest.mark.parametrize("cell,option", CELLS)
 def test_oracle_realistic(cell, option, mode, dtype):
     T, B, I, H = 24, 40, 96, 200 if mode != "single" else 64
@@ -107,12 +107,14 @@ def test_all_sizes_run(H, B):
 
 @pytest.mark.parametrize("cell,option,mode,repeats",
                          [("lstm", None, None, 300), ("gru", False, None, 300),
-                          ("lstm", None, "gemm", 30), ("gru", False, "gemm", 30)],
+                          ("lstm", None, "gemm", 300), ("gru", False, "gemm", 300),
+                          ("lstm", None, "gemm_per_step", 30)],
                          ids=["lstm-split", "gru_reset_before-split", "lstm-gemm",
-                              "gru_reset_before-gemm"])
+                              "gru_reset_before-gemm", "lstm-gemm_step"])
 def test_barrier_stress_bitwise(cell, option, mode, repeats):
-    """Split-hidden forward+backward launches (300; and 30 in the GEMM per-step mode, whose step
-    GEMMs split no reduction) on the same inputs: bitwise identical."""
+    """Forward+backward launches on the same inputs, bitwise identical: 300 each of the split
+    mode and the one-launch gemm mode (grid barriers; GEMMs with no split reduction), 30 of the
+    gemm mode's two-launches-a-step form."""
     T, B, I, H = 16, 8, 64, 512
     dev = "cuda"
     torch.manual_seed(0)

@@ -3,8 +3,9 @@
 Every cell and convention (LSTM, GRU reset_after / reset_before, RNN tanh / relu), forward
 (output, h_n, c_n, workspace) and every gradient, in every mode: single-program (one program
 owns all hidden units, all steps in one launch), split-hidden in its interpreter-safe form
-(hidden units split over programs, one launch per step/phase) and the GEMM per-step mode (the
-recurrent product by recurrent_matmul_kernel, then the gate math), with unsorted lengths
+(hidden units split over programs, one launch per step/phase) and the gemm mode (the recurrent
+product as a tiled GEMM, then the gate math) in both forms: one launch (one program looping over
+every tile, the grid barrier a CTA barrier) and two launches a step, with unsorted lengths
 including 0 and T, reverse, missing biases and several batch and hidden tiles. float32 (no bf16
 in the interpreter).
 
@@ -148,18 +149,19 @@ needs_interpreter = pytest.mark.skipif(
 
 
 @needs_interpreter
-@pytest.mark.parametrize("mode", ["single", "split", "gemm"])
+@pytest.mark.parametrize("mode", ["single", "split", "gemm", "gemm_per_step"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("cell,option", CELLS)
 def test_cell_against_oracle(cell, option, reverse, mode):
-    # H=20: units masked in every mode; split and gemm modes use 2 hidden tiles of 16.
+    # H=20: units masked in every mode; the split and both gemm modes use 2 hidden tiles of 16
+    # (the gemm mode: one program looping over every GEMM and gate tile).
     # lengths unsorted, with 0 (returns h0/c0) and T.
     check_case(cell, option, T=5, B=3, I=4, H=20, lengths=[5, 0, 3], reverse=reverse,
                mode=mode)
 
 
 @needs_interpreter
-@pytest.mark.parametrize("mode", ["split", "gemm"])
+@pytest.mark.parametrize("mode", ["split", "gemm", "gemm_per_step"])
 @pytest.mark.parametrize("cell,option", CELLS)
 def test_two_batch_tiles_no_bias(cell, option, mode):
     # B=18 > 16: two batch tiles (two barrier groups in split mode, two GEMM row tiles); no
