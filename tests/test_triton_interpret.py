@@ -7,7 +7,10 @@ owns all hidden units, all steps in one launch), split-hidden in its interpreter
 product as a tiled GEMM, then the gate math) in both forms: one launch (one program looping over
 every tile, the grid barrier a CTA barrier) and two launches a step, with unsorted lengths
 including 0 and T, reverse, missing biases and several batch and hidden tiles. float32 (no bf16
-in the interpreter).
+in the interpreter). The GPU forms of the split and gemm modes (several programs meeting at the
+spin barrier) run with their programs as concurrent threads (``concurrent_programs``): without
+the barrier every such case fails; one barrier of the gemm forward left out failed the LSTM case
+in the run tried (the interleaving is up to the thread scheduler).
 
 Triton picks the interpreter when ``@triton.jit`` decorates, i.e. at import of the kernel
 modules. Other test files may import them first (compiled mode), so the cases run in a fresh
@@ -22,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from interpreter import INTERPRETING, outside_interpreter, run_interpreted
+from interpreter import INTERPRETING, concurrent_programs, outside_interpreter, run_interpreted
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -170,6 +173,34 @@ def test_two_batch_tiles_no_bias(cell, option, mode):
     lengths = [4, 1, 0, 4, 2, 3, 4, 4, 0, 1, 2, 3, 4, 3, 2, 1, 4, 2]
     check_case(cell, option, T=4, B=18, I=3, H=33, lengths=lengths, reverse=True,
                mode=mode, bias=False)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("mode", ["split", "gemm"])
+@pytest.mark.parametrize("cell,option", CELLS)
+def test_concurrent_programs_with_the_grid_barrier(cell, option, mode, monkeypatch):
+    """The GPU forms of the split-hidden and gemm modes: several programs running at once (one
+    thread each, tests/interpreter.py concurrent_programs) that meet at the real spin barrier
+    every step. split: the launcher's GPU config for a 4-SM device (3 hidden tiles of 16 units,
+    one batch tile of 32 rows); gemm: 3 programs sharing 6 gate tiles and 6-12 GEMM tiles."""
+    from dataclasses import replace
+
+    C = kernel_module("_common")
+
+    def config(cell_code, H, B, dtype, t, _mode):
+        if mode == "split":
+            cfg = C.choose_config(cell_code, H, B, dtype, 4, False, "split")
+        else:
+            cfg = replace(C.choose_config(cell_code, H, B, dtype, 1, True, "gemm"),
+                          sync=C.SYNC_GRID, programs=3)
+        assert cfg.sync == C.SYNC_GRID and cfg.grid[0] == 3, cfg
+        return cfg
+
+    monkeypatch.setattr(C, "_config_for", config)
+    lengths = [4, 1, 0, 4, 2, 3, 4, 4, 0, 1, 2, 3, 4, 3, 2, 1, 4, 2]
+    with concurrent_programs():
+        check_case(cell, option, T=4, B=18, I=3, H=33, lengths=lengths, reverse=True,
+                   mode=None)
 
 
 @needs_interpreter
