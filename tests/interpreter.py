@@ -105,7 +105,7 @@ def concurrent_programs(switch_interval: float = 1e-4):
             for t in threads:
                 t.start()
             for t in threads:
-                t.join(timeout=600)
+                t.join(timeout=120)
             assert not any(t.is_alive() for t in threads), "programs still running: a hang?"
             if errors:
                 raise errors[0]

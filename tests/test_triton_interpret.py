@@ -204,6 +204,25 @@ def test_concurrent_programs_with_the_grid_barrier(cell, option, mode, monkeypat
 
 
 @needs_interpreter
+@pytest.mark.parametrize("cell,option", [("lstm", None), ("gru", False)])
+def test_concurrent_split_two_barrier_groups(cell, option, monkeypatch):
+    """B = 66: two batch tiles of 64 rows, each with its own barrier word and 3 programs (the
+    launcher's GPU config for an 8-SM device), all 6 running at once."""
+    C = kernel_module("_common")
+
+    def config(cell_code, H, B, dtype, t, _mode):
+        cfg = C.choose_config(cell_code, H, B, dtype, 8, False, "split")
+        assert cfg.sync == C.SYNC_GRID and (cfg.n_btiles, cfg.n_htiles) == (2, 3), cfg
+        return cfg
+
+    monkeypatch.setattr(C, "_config_for", config)
+    lengths = [(7 * b) % 5 for b in range(66)]
+    with concurrent_programs():
+        check_case(cell, option, T=4, B=66, I=3, H=33, lengths=lengths, reverse=False,
+                   mode=None)
+
+
+@needs_interpreter
 def test_default_config_full_lengths():
     check_case("lstm", None, T=6, B=2, I=5, H=16, lengths=[6, 6], reverse=False, mode=None)
 
