@@ -182,7 +182,7 @@ def test_concurrent_programs_with_the_grid_barrier(cell, option, mode, monkeypat
     """The GPU forms of the split-hidden and gemm modes: several programs running at once (one
     thread each, tests/interpreter.py concurrent_programs) that meet at the real spin barrier
     every step. split: the launcher's GPU config for a 4-SM device (3 hidden tiles of 16 units,
-    one batch tile of 32 rows); gemm: 3 programs sharing 6 gate tiles and 6-12 GEMM tiles."""
+    one batch tile of 32 rows); gemm: 3 programs sharing 6 gate tiles and 4-12 GEMM tiles."""
     from dataclasses import replace
 
     C = kernel_module("_common")
