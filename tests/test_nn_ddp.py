@@ -68,6 +68,10 @@ def ddp_worker(rank, port, out_dir):
         ddp(x[rows], lengths[rows]).backward()
         grads = {name: p.grad for name, p in model.named_parameters()}
         torch.save(grads, os.path.join(out_dir, f"grads{rank}.pt"))
+        # Both ranks done with gloo before either tears it down: one CI run saw rank 0 abort
+        # ("terminate called without an active exception") in the teardown, unreproduced in 12
+        # runs alone.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
