@@ -31,9 +31,17 @@ State exchanged between programs (h forward, gate gradients backward) lives in g
 in the dot dtype (what the dot consumes), with row stride HP (H rounded up to the hidden tile,
 a multiple of 16, for aligned vector loads), read with ``.cg`` loads (L2, bypassing a possibly
 stale L1); each program's own carries (h, c, dh, dc) stay float32 in registers. All gates of a
-program's units are stacked into one dot per K chunk. W_hh chunks are re-read every step from
-L2 (``evict_last``), not held in registers: per-gate register-resident tiles spilled.
-Measurements behind the tile choices: perf/RESULTS.md (the H200 table).
+program's units are stacked into one dot.
+
+W_hh: where a program's slice fits (``with_resident_weights``: 16-row batch tiles, up to 128 KB
+a direction, 64 KB in float32: the LSTM forward up to H = 1024 in bf16/fp16, 256 in float32),
+the program loads it once, before the time loop, as RESIDENT chunks of K, and each step's
+product is one batched dot over the chunks (a warp each) summed in order: the slice sits in
+shared memory for the whole launch and no step reads W_hh from memory (``RESIDENT`` constexpr;
+tests/test_compile_gate.py checks the loads' placement in the compiled kernel). Elsewhere W_hh
+chunks are re-read every step from L2 (``evict_last``) in a pipelined K loop: per-gate
+register-resident tiles spilled, and larger slices do not fit. Measurements behind the tile
+choices: perf/RESULTS.md (the H200 table; the resident form is not yet timed).
 """
 from __future__ import annotations
 
@@ -131,6 +139,48 @@ def _stacked_matmul(src_rows, src_ok, K, w_ptr, stride_k, col_offs, col_ok,
                     mask=k_ok[:, None] & col_ok[None, :], other=0.0,
                     eviction_policy="evict_last")
         acc = tl.dot(a.to(w.dtype), w, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _resident_weights(w_ptr, stride_k, K, col_offs, col_ok, CHUNKS: tl.constexpr,
+                      BLOCK_K: tl.constexpr):
+    """A program's slice of W_hh, w[k * stride_k + col_offs[j]] for k < K (zero past K and in
+    invalid columns), as (CHUNKS, BLOCK_K, NCOL): chunk c holds rows c*BLOCK_K ... Loaded once,
+    before the time loop. As a loop-invariant dot operand it stays in shared memory for the whole
+    launch (the compiler hoists its allocation out of the loop; tests/test_compile_gate.py
+    checks), so a step reads W_hh from shared memory instead of streaming it from L2."""
+    ks = tl.arange(0, CHUNKS)[:, None, None] * BLOCK_K + tl.arange(0, BLOCK_K)[None, :, None]
+    return tl.load(w_ptr + ks * stride_k + col_offs[None, None, :],
+                   mask=(ks < K) & col_ok[None, None, :], other=0.0)
+
+
+@triton.jit
+def _resident_matmul(src_rows, src_ok, K, w_res, CHUNKS: tl.constexpr, BLOCK_K: tl.constexpr,
+                     PRECISION: tl.constexpr):
+    """acc[b, j] = sum_k src[b, k] * W[k, j] (float32 (BLOCK_B, NCOL)) over the resident slice
+    w_res (_resident_weights). One batched dot over the K chunks, then a sum over them: the MMA
+    layout puts the chunks (the batch dimension) on different warps, so each warp holds its
+    own chunk of W and of the exchanged state instead of every warp holding all of K. Chunks
+    are summed in a fixed order (deterministic)."""
+    ks = tl.arange(0, CHUNKS)[:, None, None] * BLOCK_K + tl.arange(0, BLOCK_K)[None, None, :]
+    a = tl.load(src_rows[None, :, None] + ks, mask=src_ok[None, :, None] & (ks < K), other=0.0,
+                cache_modifier=".cg")
+    return tl.sum(tl.dot(a.to(w_res.dtype), w_res, input_precision=PRECISION), axis=0)
+
+
+@triton.jit
+def _recurrent_product(src_rows, src_ok, K, w_ptr, stride_k, col_offs, col_ok, w_res,
+                       BLOCK_B: tl.constexpr, NCOL: tl.constexpr, BLOCK_K: tl.constexpr,
+                       PRECISION: tl.constexpr, RESIDENT: tl.constexpr):
+    """acc[b, j] = sum_k src[b, k] * w[k * stride_k + col_offs[j]] (float32 (BLOCK_B, NCOL)):
+    from the on-chip slice w_res when RESIDENT (its number of K chunks) > 0, else streaming W
+    from L2 chunk by chunk (_stacked_matmul; w_res unused)."""
+    if RESIDENT > 0:
+        acc = _resident_matmul(src_rows, src_ok, K, w_res, RESIDENT, BLOCK_K, PRECISION)
+    else:
+        acc = _stacked_matmul(src_rows, src_ok, K, w_ptr, stride_k, col_offs, col_ok, BLOCK_B,
+                              NCOL, BLOCK_K, PRECISION)
     return acc
 
 
@@ -234,16 +284,18 @@ def _gate_columns(unit0, H, HP, NG: tl.constexpr, NG_USED: tl.constexpr,
 
 
 @triton.jit
-def _gate_products4(h_src_rows, row_ok, w_hh_ptr, hh_at, tile_ok, unit0, H, HP,
+def _gate_products4(h_src_rows, row_ok, w_hh_ptr, w_res, hh_at, tile_ok, unit0, H, HP,
                     NG_USED: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                    BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, RECURRENT: tl.constexpr):
+                    BLOCK_K: tl.constexpr, PRECISION: tl.constexpr, RECURRENT: tl.constexpr,
+                    RESIDENT: tl.constexpr):
     """The (BLOCK_B, BLOCK_H) tiles of h @ W_hh^T of the program's units for four gate slots
-    (NG_USED of them real; the others zero): stacked dots over the exchanged h (RECURRENT 0)
-    or the step GEMM's float32 result, gate g at hh_at + g*HP (RECURRENT 1)."""
+    (NG_USED of them real; the others zero): stacked dots over the exchanged h (RECURRENT 0;
+    W from the resident slice w_res or streamed, see _recurrent_product) or the step GEMM's
+    float32 result, gate g at hh_at + g*HP (RECURRENT 1)."""
     if RECURRENT == 0:
         cols, cols_ok = _gate_columns(unit0, H, HP, 4, NG_USED, BLOCK_H)
-        acc = _stacked_matmul(h_src_rows, row_ok, HP, w_hh_ptr, 1, cols, cols_ok, BLOCK_B,
-                              4 * BLOCK_H, BLOCK_K, PRECISION)
+        acc = _recurrent_product(h_src_rows, row_ok, HP, w_hh_ptr, 1, cols, cols_ok, w_res,
+                                 BLOCK_B, 4 * BLOCK_H, BLOCK_K, PRECISION, RESIDENT)
         m0, m1, m2, m3 = _split4(acc, BLOCK_B, BLOCK_H)
     else:
         m0 = tl.load(hh_at, mask=tile_ok, other=0.0, cache_modifier=".cg")
@@ -274,7 +326,7 @@ def _forward_tile(pid, xproj_ptr, w_hh_ptr, b_hn_ptr, lengths_ptr, h_state_ptr, 
                   step_end, B, H, HP, reverse, CELL: tl.constexpr, NUM_GATES: tl.constexpr,
                   WS_WIDTH: tl.constexpr, PHASES: tl.constexpr, BLOCK_B: tl.constexpr,
                   BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, SYNC: tl.constexpr,
-                  PRECISION: tl.constexpr, RECURRENT: tl.constexpr):
+                  PRECISION: tl.constexpr, RECURRENT: tl.constexpr, RESIDENT: tl.constexpr):
     """recurrent_forward_kernel's work for the tile numbered pid (see its docstring)."""
     n_htiles = tl.cdiv(H, BLOCK_H)
     pid_h = pid % n_htiles
@@ -302,6 +354,21 @@ def _forward_tile(pid, xproj_ptr, w_hh_ptr, b_hn_ptr, lengths_ptr, h_state_ptr, 
     hh_at = hh_ptr + rows[:, None] * (NUM_GATES * HP) + units[None, :]
     if CELL == 1:
         b_hn = tl.load(b_hn_ptr + units, mask=unit_ok, other=0.0).to(tl.float32)
+    # The program's W_hh slices, on-chip for the whole launch (RESIDENT > 0): all gates of its
+    # units (GRU reset_before: r, z, and the n gate's apart, for the second phase).
+    w_res = w_hh_ptr        # (unused unless RESIDENT > 0)
+    w_res_n = w_hh_ptr
+    if RESIDENT > 0:
+        if CELL <= 1:
+            cols, cols_ok = _gate_columns(pid_h * BLOCK_H, H, HP, 4, NUM_GATES, BLOCK_H)
+            w_res = _resident_weights(w_hh_ptr, 1, HP, cols, cols_ok, RESIDENT, BLOCK_K)
+        if CELL == 2:
+            cols, cols_ok = _gate_columns(pid_h * BLOCK_H, H, HP, 2, 2, BLOCK_H)
+            w_res = _resident_weights(w_hh_ptr, 1, HP, cols, cols_ok, RESIDENT, BLOCK_K)
+            w_res_n = _resident_weights(w_hh_ptr + 2 * HP * HP, 1, HP, units * HP, unit_ok,
+                                        RESIDENT, BLOCK_K)
+        if CELL >= 3:
+            w_res = _resident_weights(w_hh_ptr, 1, HP, units * HP, unit_ok, RESIDENT, BLOCK_K)
 
     for s in range(step_begin, step_end):
         valid = s < lengths
@@ -322,9 +389,10 @@ def _forward_tile(pid, xproj_ptr, w_hh_ptr, b_hn_ptr, lengths_ptr, h_state_ptr, 
             x_f = tl.load(x_at + H, mask=tile_ok, other=0.0).to(tl.float32)
             x_g = tl.load(x_at + 2 * H, mask=tile_ok, other=0.0).to(tl.float32)
             x_o = tl.load(x_at + 3 * H, mask=tile_ok, other=0.0).to(tl.float32)
-            m_i, m_f, m_g, m_o = _gate_products4(h_src_rows, row_ok, w_hh_ptr, hh_at, tile_ok,
-                                                 pid_h * BLOCK_H, H, HP, 4, BLOCK_B, BLOCK_H,
-                                                 BLOCK_K, PRECISION, RECURRENT)
+            m_i, m_f, m_g, m_o = _gate_products4(h_src_rows, row_ok, w_hh_ptr, w_res, hh_at,
+                                                 tile_ok, pid_h * BLOCK_H, H, HP, 4, BLOCK_B,
+                                                 BLOCK_H, BLOCK_K, PRECISION, RECURRENT,
+                                                 RESIDENT)
             i = _sigmoid(x_i + m_i)
             f = _sigmoid(x_f + m_f)
             g = _tanh(x_g + m_g)
@@ -345,9 +413,10 @@ def _forward_tile(pid, xproj_ptr, w_hh_ptr, b_hn_ptr, lengths_ptr, h_state_ptr, 
             x_r = tl.load(x_at, mask=tile_ok, other=0.0).to(tl.float32)
             x_z = tl.load(x_at + H, mask=tile_ok, other=0.0).to(tl.float32)
             x_n = tl.load(x_at + 2 * H, mask=tile_ok, other=0.0).to(tl.float32)
-            m_r, m_z, m_n, _unused = _gate_products4(h_src_rows, row_ok, w_hh_ptr, hh_at, tile_ok,
-                                                     pid_h * BLOCK_H, H, HP, 3, BLOCK_B,
-                                                     BLOCK_H, BLOCK_K, PRECISION, RECURRENT)
+            m_r, m_z, m_n, _unused = _gate_products4(h_src_rows, row_ok, w_hh_ptr, w_res,
+                                                     hh_at, tile_ok, pid_h * BLOCK_H, H, HP, 3,
+                                                     BLOCK_B, BLOCK_H, BLOCK_K, PRECISION,
+                                                     RECURRENT, RESIDENT)
             r = _sigmoid(x_r + m_r)
             z = _sigmoid(x_z + m_z)
             hn = m_n + b_hn[None, :]
@@ -367,8 +436,9 @@ def _forward_tile(pid, xproj_ptr, w_hh_ptr, b_hn_ptr, lengths_ptr, h_state_ptr, 
                 # Phase 1: r, z of own units; publish r*h for everybody's n gate.
                 if RECURRENT == 0:
                     cols, cols_ok = _gate_columns(pid_h * BLOCK_H, H, HP, 2, 2, BLOCK_H)
-                    acc = _stacked_matmul(h_src_rows, row_ok, HP, w_hh_ptr, 1, cols, cols_ok,
-                                          BLOCK_B, 2 * BLOCK_H, BLOCK_K, PRECISION)
+                    acc = _recurrent_product(h_src_rows, row_ok, HP, w_hh_ptr, 1, cols, cols_ok,
+                                             w_res, BLOCK_B, 2 * BLOCK_H, BLOCK_K, PRECISION,
+                                             RESIDENT)
                     m_r, m_z = _split2(acc, BLOCK_B, BLOCK_H)
                 else:
                     m_r = tl.load(hh_at, mask=tile_ok, other=0.0, cache_modifier=".cg")
@@ -383,9 +453,10 @@ def _forward_tile(pid, xproj_ptr, w_hh_ptr, b_hn_ptr, lengths_ptr, h_state_ptr, 
                 # Phase 2: n = tanh(x_n + W_hn (r*h)); r, z read back from the workspace (this
                 # program wrote them; the barrier above ordered it).
                 if RECURRENT == 0:
-                    m_n = _stacked_matmul(rh_slot + rows * HP, row_ok, HP,
-                                          w_hh_ptr + 2 * HP * HP, 1, units * HP, unit_ok,
-                                          BLOCK_B, BLOCK_H, BLOCK_K, PRECISION)
+                    m_n = _recurrent_product(rh_slot + rows * HP, row_ok, HP,
+                                             w_hh_ptr + 2 * HP * HP, 1, units * HP, unit_ok,
+                                             w_res_n, BLOCK_B, BLOCK_H, BLOCK_K, PRECISION,
+                                             RESIDENT)
                 else:
                     m_n = tl.load(hh_at + 2 * HP, mask=tile_ok, other=0.0,
                                   cache_modifier=".cg")
@@ -400,8 +471,9 @@ def _forward_tile(pid, xproj_ptr, w_hh_ptr, b_hn_ptr, lengths_ptr, h_state_ptr, 
         if CELL >= 3:
             x_a = tl.load(x_at, mask=tile_ok, other=0.0).to(tl.float32)
             if RECURRENT == 0:
-                m_a = _stacked_matmul(h_src_rows, row_ok, HP, w_hh_ptr, 1, units * HP, unit_ok,
-                                      BLOCK_B, BLOCK_H, BLOCK_K, PRECISION)
+                m_a = _recurrent_product(h_src_rows, row_ok, HP, w_hh_ptr, 1, units * HP,
+                                         unit_ok, w_res, BLOCK_B, BLOCK_H, BLOCK_K, PRECISION,
+                                         RESIDENT)
             else:
                 m_a = tl.load(hh_at, mask=tile_ok, other=0.0, cache_modifier=".cg")
             a = x_a + m_a
@@ -442,7 +514,8 @@ def recurrent_forward_kernel(
         CELL: tl.constexpr, NUM_GATES: tl.constexpr, WS_WIDTH: tl.constexpr,
         PHASES: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-        SYNC: tl.constexpr, PRECISION: tl.constexpr, RECURRENT: tl.constexpr):
+        SYNC: tl.constexpr, PRECISION: tl.constexpr, RECURRENT: tl.constexpr,
+        RESIDENT: tl.constexpr):
     """Steps [step_begin, step_end) of the forward recurrence for one (batch tile, hidden tile).
 
     Program id = batch_tile * n_hidden_tiles + hidden_tile. PHASES (bit mask) selects the
@@ -450,11 +523,13 @@ def recurrent_forward_kernel(
     them); every other cell has one (PHASES=1). RECURRENT: 0 computes h @ W_hh^T here (stacked
     dots over the exchanged h); 1 reads it from hh_ptr, written by recurrent_matmul_kernel
     before this launch (the GEMM per-step mode: one step per launch, the kernel is the fused
-    gate math only)."""
+    gate math only). RESIDENT > 0 (with RECURRENT 0): each program loads its slice of W_hh once,
+    as RESIDENT chunks of BLOCK_K rows covering HP, and keeps it on-chip for all steps of the
+    launch; 0: the slice is streamed from L2 every step in BLOCK_K chunks."""
     _forward_tile(tl.program_id(0), xproj_ptr, w_hh_ptr, b_hn_ptr, lengths_ptr, h_state_ptr,
                   h_exchange_ptr, c_state_ptr, exchange_ptr, hh_ptr, out_ptr, ws_ptr, sem_ptr,
                   step_begin, step_end, B, H, HP, reverse, CELL, NUM_GATES, WS_WIDTH, PHASES,
-                  BLOCK_B, BLOCK_H, BLOCK_K, SYNC, PRECISION, RECURRENT)
+                  BLOCK_B, BLOCK_H, BLOCK_K, SYNC, PRECISION, RECURRENT, RESIDENT)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -467,7 +542,7 @@ def _backward_tile(pid, grad_out_ptr, w_hh_ptr, lengths_ptr, h0_ptr, c0_ptr, out
                    CELL: tl.constexpr, NUM_GATES: tl.constexpr, WS_WIDTH: tl.constexpr,
                    PHASES: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
                    BLOCK_K: tl.constexpr, SYNC: tl.constexpr, PRECISION: tl.constexpr,
-                   RECURRENT: tl.constexpr):
+                   RECURRENT: tl.constexpr, RESIDENT: tl.constexpr):
     """recurrent_backward_kernel's work for the tile numbered pid (see its docstring)."""
     n_htiles = tl.cdiv(H, BLOCK_H)
     pid_h = pid % n_htiles
@@ -491,6 +566,19 @@ def _backward_tile(pid, grad_out_ptr, w_hh_ptr, lengths_ptr, h0_ptr, c0_ptr, out
     if CELL == 0:
         dc = tl.load(dc_state_ptr + own, mask=tile_ok, other=0.0)
     step_at = dgate_step_ptr + rows[:, None] * GHP + units[None, :]
+    if CELL == 2:
+        k_red = 2 * HP   # the n rows go through phase 2
+    else:
+        k_red = GHP
+    # The W_hh columns of the program's units, on-chip for the whole launch (RESIDENT > 0):
+    # rows of every gate (GRU reset_before: r, z; the n gate's apart, half the chunks).
+    w_res = w_hh_ptr        # (unused unless RESIDENT > 0)
+    w_res_n = w_hh_ptr
+    if RESIDENT > 0:
+        w_res = _resident_weights(w_hh_ptr, HP, k_red, units, unit_ok, RESIDENT, BLOCK_K)
+        if CELL == 2:
+            w_res_n = _resident_weights(w_hh_ptr + 2 * HP * HP, HP, HP, units, unit_ok,
+                                        RESIDENT // 2, BLOCK_K)
 
     for k in range(iter_begin, iter_end):
         if PHASES % 2 == 1:
@@ -501,13 +589,10 @@ def _backward_tile(pid, grad_out_ptr, w_hh_ptr, lengths_ptr, h0_ptr, c0_ptr, out
                 valid_b = s_b < lengths
                 t_b = _time_index(s_b, lengths, valid_b, reverse)
                 src = dgate_ptr + (t_b * B + rows) * GHP
-                if CELL == 2:
-                    k_red = 2 * HP   # the n rows went through phase 2
-                else:
-                    k_red = GHP
                 if RECURRENT == 0:
-                    m_dh = _stacked_matmul(src, row_ok, k_red, w_hh_ptr, HP, units, unit_ok,
-                                           BLOCK_B, BLOCK_H, BLOCK_K, PRECISION)
+                    m_dh = _recurrent_product(src, row_ok, k_red, w_hh_ptr, HP, units, unit_ok,
+                                              w_res, BLOCK_B, BLOCK_H, BLOCK_K, PRECISION,
+                                              RESIDENT)
                 else:
                     m_dh = tl.load(hh_ptr + rows[:, None] * HP + units[None, :], mask=tile_ok,
                                    other=0.0, cache_modifier=".cg")
@@ -602,9 +687,10 @@ def _backward_tile(pid, grad_out_ptr, w_hh_ptr, lengths_ptr, h0_ptr, c0_ptr, out
                 ws_at = ws_ptr + tb[:, None] * (WS_WIDTH * H) + units[None, :]
                 dg_at = dgate_ptr + tb[:, None] * GHP + units[None, :]
                 if RECURRENT == 0:
-                    d_rh = _stacked_matmul(dgate_ptr + (tb * GHP + 2 * HP), row_ok, HP,
-                                           w_hh_ptr + 2 * HP * HP, HP, units, unit_ok, BLOCK_B,
-                                           BLOCK_H, BLOCK_K, PRECISION)
+                    d_rh = _recurrent_product(dgate_ptr + (tb * GHP + 2 * HP), row_ok, HP,
+                                              w_hh_ptr + 2 * HP * HP, HP, units, unit_ok,
+                                              w_res_n, BLOCK_B, BLOCK_H, BLOCK_K, PRECISION,
+                                              RESIDENT // 2)
                 else:
                     d_rh = tl.load(hh_ptr + rows[:, None] * HP + units[None, :], mask=tile_ok,
                                    other=0.0, cache_modifier=".cg")
@@ -649,7 +735,8 @@ def recurrent_backward_kernel(
         CELL: tl.constexpr, NUM_GATES: tl.constexpr, WS_WIDTH: tl.constexpr,
         PHASES: tl.constexpr,
         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-        SYNC: tl.constexpr, PRECISION: tl.constexpr, RECURRENT: tl.constexpr):
+        SYNC: tl.constexpr, PRECISION: tl.constexpr, RECURRENT: tl.constexpr,
+        RESIDENT: tl.constexpr):
     """Iterations [iter_begin, iter_end) of the reverse-time sweep; iteration k in 0..T:
     (a) finishes dh of step T-k (k > 0): dh += dgate[t] (all units) @ W_hh[:, own units];
     (b) computes the gate gradients of step T-1-k (k < T) for own units and writes them.
@@ -657,12 +744,14 @@ def recurrent_backward_kernel(
     GRU reset_before needs one more exchange per step (d(r*h) = W_hn^T da_n): phase 2.
     Afterwards dh_state holds grad h0 and dc_state grad c0. RECURRENT == 1 (GEMM per-step
     mode, one iteration per launch): the products over W_hh come from hh_ptr, computed by
-    recurrent_matmul_kernel from dgate_step_ptr between launches."""
+    recurrent_matmul_kernel from dgate_step_ptr between launches. RESIDENT > 0 (with RECURRENT
+    0): the program's columns of W_hh (all gates' rows, RESIDENT chunks of BLOCK_K covering
+    them) stay on-chip for the launch, as in the forward."""
     _backward_tile(tl.program_id(0), grad_out_ptr, w_hh_ptr, lengths_ptr, h0_ptr, c0_ptr, out_ptr,
                    ws_ptr, dh_state_ptr, dc_state_ptr, dh_total_ptr, dgate_ptr, dgate_n_ptr,
                    hh_ptr, dgate_step_ptr, sem_ptr, iter_begin, iter_end, T, B, H, HP, reverse,
                    CELL, NUM_GATES, WS_WIDTH, PHASES, BLOCK_B, BLOCK_H, BLOCK_K, SYNC, PRECISION,
-                   RECURRENT)
+                   RECURRENT, RESIDENT)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -707,7 +796,7 @@ def recurrent_gemm_forward_kernel(
             _forward_tile(tile, xproj_ptr, w_hh_ptr, b_hn_ptr, lengths_ptr, h_state_ptr,
                           h_exchange_ptr, c_state_ptr, exchange_ptr, hh_ptr, out_ptr, ws_ptr,
                           sem_ptr, s, s + 1, B, H, HP, reverse, CELL, NUM_GATES, WS_WIDTH, 1,
-                          BLOCK_B, BLOCK_H, BLOCK_K, 0, PRECISION, 1)
+                          BLOCK_B, BLOCK_H, BLOCK_K, 0, PRECISION, 1, 0)
         _sync(sem_ptr, n_programs, leader, SYNC)
         if CELL == 2:
             _matmul_tiles(pid, n_programs, exchange_ptr + slot, w_hh_ptr + 2 * HP * HP,
@@ -718,7 +807,7 @@ def recurrent_gemm_forward_kernel(
                 _forward_tile(tile, xproj_ptr, w_hh_ptr, b_hn_ptr, lengths_ptr, h_state_ptr,
                               h_exchange_ptr, c_state_ptr, exchange_ptr, hh_ptr, out_ptr,
                               ws_ptr, sem_ptr, s, s + 1, B, H, HP, reverse, CELL, NUM_GATES,
-                              WS_WIDTH, 2, BLOCK_B, BLOCK_H, BLOCK_K, 0, PRECISION, 1)
+                              WS_WIDTH, 2, BLOCK_B, BLOCK_H, BLOCK_K, 0, PRECISION, 1, 0)
             _sync(sem_ptr, n_programs, leader, SYNC)
 
 
@@ -757,7 +846,7 @@ def recurrent_gemm_backward_kernel(
                            ws_ptr, dh_state_ptr, dc_state_ptr, dh_total_ptr, dgate_ptr,
                            dgate_n_ptr, hh_ptr, dgate_step_ptr, sem_ptr, k, k + 1, T, B, H, HP,
                            reverse, CELL, NUM_GATES, WS_WIDTH, 1, BLOCK_B, BLOCK_H, BLOCK_K,
-                           0, PRECISION, 1)
+                           0, PRECISION, 1, 0)
         _sync(sem_ptr, n_programs, leader, SYNC)
         if CELL == 2:
             if k < T:
@@ -770,7 +859,7 @@ def recurrent_gemm_backward_kernel(
                                    out_ptr, ws_ptr, dh_state_ptr, dc_state_ptr, dh_total_ptr,
                                    dgate_ptr, dgate_n_ptr, hh_ptr, dgate_step_ptr, sem_ptr, k,
                                    k + 1, T, B, H, HP, reverse, CELL, NUM_GATES, WS_WIDTH, 2,
-                                   BLOCK_B, BLOCK_H, BLOCK_K, 0, PRECISION, 1)
+                                   BLOCK_B, BLOCK_H, BLOCK_K, 0, PRECISION, 1, 0)
                 _sync(sem_ptr, n_programs, leader, SYNC)
 
 
@@ -805,10 +894,24 @@ class LaunchConfig:
     matmul: tuple = ()
     # persistent gemm mode: its grid (co-resident programs sharing the tiles); 0 otherwise
     programs: int = 0
+    # W_hh on-chip for the whole launch: (chunks, chunk rows) of the forward's slice, then the
+    # backward's (the RESIDENT and BLOCK_K constexprs; 0 chunks: that direction streams W_hh
+    # from L2 every step, in block_k chunks); () streams it in both
+    resident: tuple = ()
 
     @property
     def grid(self):
         return (self.programs or self.n_btiles * self.n_htiles,)
+
+    def kernel_shape(self, backward: bool = False):
+        """(RESIDENT, BLOCK_K, num_warps, num_stages) of the forward or backward recurrence
+        kernel's launch: with W_hh resident, RESIDENT_WARPS warps (a chunk each) and one stage
+        (no inner K loop is left to pipeline, and pipelining the time loop would prefetch the
+        exchanged state before the barrier that publishes it)."""
+        chunks, block_k = (self.resident[2:] if backward else self.resident[:2]) or (0, 0)
+        if chunks:
+            return chunks, block_k, RESIDENT_WARPS, 1
+        return 0, self.block_k, self.num_warps_bwd if backward else self.num_warps, self.num_stages
 
 
 # Register budget per program: BLOCK_B * BLOCK_H <= 2048 state values (c, h, the gate tiles,
@@ -821,6 +924,24 @@ MAX_ACC_VALUES = 4096
 # The split-hidden grid must be co-resident: one program per SM is what we assume fits
 # (cooperative launch verifies it at launch time).
 PROGRAMS_PER_SM = 1
+# W_hh on-chip (the RESIDENT constexpr): a program's slice of W_hh, per direction, held as
+# RESIDENT_CHUNKS chunks of K (one a warp, RESIDENT_WARPS warps) in shared memory, beside the
+# step's exchanged-state operand (16 rows x K). Compile gate (perf/compile_report.py, sm_80 and
+# sm_90, 8 warps, Triton 3.9 / 3.6): 128 KB half-type slices (LSTM forward at H = 1024) take
+# 202-222 registers without spills; the float32 LSTM forward's 128 KB slice (H = 512) took
+# 226 under 3.9 but spilled 8 B under 3.6, so float32 slices stop at 64 KB (forward
+# 230-242). The backward's 128 KB bf16 slice (4 gates' rows x 16 units, 512-row chunks)
+# spilled 40-56 B at 255 (hence chunks of at most 256 rows), and 256 KB with its operand
+# exceeds shared memory; a 64-row batch tile spilled 368-488 B already in a stripped-down
+# kernel (8 chunks of 64 rows x 64 columns: the batched dot's accumulator is chunks x rows x
+# columns), so only 16-row batch tiles hold W_hh.
+# Shared memory per block: what compiled.metadata.shared reports, the slice plus the
+# operand, within the target's opt-in limit (sm_80 163 KB, sm_90 227 KB). Not yet timed.
+RESIDENT_MAX_BYTES = {2: 128 * 1024, 4: 64 * 1024}   # by element size
+RESIDENT_MAX_CHUNK_ROWS = 256
+RESIDENT_CHUNKS = 8
+RESIDENT_WARPS = 8
+RESIDENT_SHARED_BYTES = {8: 163 * 1024, 9: 227 * 1024}   # by major capability
 
 
 def choose_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
@@ -832,7 +953,8 @@ def choose_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
     persistent with the grid barrier; on the interpreter per-step instead), "per_step", "gemm"
     (the recurrent product as a GEMM a step, all steps in one launch) or "gemm_per_step" (the
     same, two launches a step). Default: the widest co-resident split; the gemm mode where it
-    does not fit."""
+    does not fit. The single, split and per-step modes hold W_hh on-chip where a program's
+    slice fits (with_resident_weights; GATEDRNN_TRITON_RESIDENT=0 streams it instead)."""
     G = NUM_GATES[cell]
     ng = 4 if G >= 3 else G
     # BLOCK_K: the K loop is latency-bound (an L2 round trip per iteration), so few, wide
@@ -879,11 +1001,13 @@ def choose_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
         # One program per batch tile holds all units: accumulators NG*BB*H_PAD; use the
         # smallest batch tile so the interpreter and small H stay cheap.
         bb = MIN_DOT_TILE if interpret else block_b
-        return make("persistent", SYNC_CTA, bb, h_pad)
+        return with_resident_weights(cell, H, make("persistent", SYNC_CTA, bb, h_pad), dtype,
+                                     capability)
     if mode == "per_step" or (mode == "split" and interpret):
         bh = max(MIN_DOT_TILE, min(h_pad // 2 if mode == "split" else 32, 32))
         bb = MIN_DOT_TILE if interpret else block_b
-        return make("per_step", SYNC_NONE, bb, bh)
+        return with_resident_weights(cell, H, make("per_step", SYNC_NONE, bb, bh), dtype,
+                                     capability)
     if mode == "gemm":
         return _gemm_config(cell, H, B, dtype, sm_count, interpret)
     if mode == "gemm_per_step":
@@ -896,10 +1020,56 @@ def choose_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
     cfg = make("persistent", SYNC_GRID if -(-H // bh) > 1 else SYNC_CTA, block_b, bh)
     if (cfg.n_btiles * cfg.n_htiles <= max_programs and block_b * bh <= MAX_TILE_VALUES
             and block_b * bh * ng <= MAX_ACC_VALUES):
-        return cfg
+        return with_resident_weights(cell, H, cfg, dtype, capability)
     if mode == "split":
         raise ValueError("split-hidden mode does not fit co-resident on this device")
     return _gemm_config(cell, H, B, dtype, sm_count, interpret)
+
+
+def with_resident_weights(cell: int, H: int, cfg: LaunchConfig, dtype: torch.dtype,
+                          capability: tuple = (9, 0)) -> LaunchConfig:
+    """cfg with W_hh held on-chip for the whole launch, in each direction where a program's
+    slice fits: batch tiles of 16 rows, at most RESIDENT_MAX_BYTES of W_hh and chunks of at
+    most RESIDENT_MAX_CHUNK_ROWS rows (registers), the slice plus the step's operand (16 rows
+    of the exchanged state over all of K) within the target's shared memory. The forward's
+    slice: the hidden tile's units, every gate, all of K = HP; the backward's: the same units'
+    columns over every gate's rows (K = G*HP; GRU reset_before r, z, and n's rows apart).
+    K is padded to a power of two (tensor shapes) and split into at most RESIDENT_CHUNKS
+    chunks of at least 16 rows. Elsewhere, and under GATEDRNN_TRITON_RESIDENT=0, W_hh is
+    streamed from L2 every step."""
+    if (cfg.block_b != MIN_DOT_TILE
+            or os.environ.get("GATEDRNN_TRITON_RESIDENT", "1") == "0"):
+        return cfg
+    elt = 4 if dtype == torch.float32 else 2
+    hp = padded_hidden(H, cfg)
+    bh = cfg.block_h
+    shared = RESIDENT_SHARED_BYTES[8 if tuple(capability) < (9, 0) else 9]
+
+    def fit(k, cols, extra_cols=0, extra_k=0):
+        """(chunks, chunk rows) of a K x cols slice (plus one of extra_k x extra_cols beside it,
+        GRU reset_before's second phase), or (0, 0) where it does not fit."""
+        n = min(RESIDENT_CHUNKS, k // MIN_DOT_TILE)
+        slice_bytes = (k * cols + extra_k * extra_cols) * elt
+        operand_bytes = cfg.block_b * k * elt
+        if (slice_bytes > RESIDENT_MAX_BYTES[elt] or k // n > RESIDENT_MAX_CHUNK_ROWS
+                or slice_bytes + operand_bytes > shared):
+            return 0, 0
+        return n, k // n
+
+    fwd_k = _pow2_at_least(hp)
+    if cell == CELL_GRU_RESET_BEFORE:
+        # forward: r, z stacked, n apart (same K); backward: r, z rows, n's in half the chunks
+        bwd_k = _pow2_at_least(2 * hp)
+        fwd = fit(fwd_k, 2 * bh, bh, fwd_k)
+        bwd = fit(bwd_k, bh, bh, bwd_k // 2)
+    else:
+        # forward: four gate slots stacked (LSTM; GRU with one unused), one for the RNN
+        bwd_k = _pow2_at_least(NUM_GATES[cell] * hp)
+        fwd = fit(fwd_k, (4 if NUM_GATES[cell] >= 3 else 1) * bh)
+        bwd = fit(bwd_k, bh)
+    if fwd[0] == 0 and bwd[0] == 0:
+        return cfg
+    return replace(cfg, resident=fwd + bwd)
 
 
 def _gemm_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
@@ -961,8 +1131,8 @@ def max_registers(num_warps: int) -> int:
 def _launch_kwargs(cfg: LaunchConfig, backward: bool = False):
     if interpreting():
         return {}
-    warps = cfg.num_warps_bwd if backward else cfg.num_warps
-    kw = {"num_warps": warps, "num_stages": cfg.num_stages, "maxnreg": max_registers(warps)}
+    _, _, warps, stages = cfg.kernel_shape(backward)
+    kw = {"num_warps": warps, "num_stages": stages, "maxnreg": max_registers(warps)}
     if cfg.sync == SYNC_GRID:   # a spin barrier: the grid must be co-resident
         kw["launch_cooperative_grid"] = True
     return kw
@@ -1032,9 +1202,11 @@ def recurrent_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
     precision = dot_precision(x.dtype)
     # unused outside the gemm mode: any float32 tensor (the pointer type the gate compiles)
     hh = _empty(B, G * HP, dtype=torch.float32, device=dev) if gemm else h_state
+    resident, block_k, _, _ = cfg.kernel_shape()
     common = dict(CELL=cell, NUM_GATES=G, WS_WIDTH=WORKSPACE_WIDTH[cell],
-                  BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-                  PRECISION=precision, RECURRENT=int(gemm), **_launch_kwargs(cfg))
+                  BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=block_k,
+                  PRECISION=precision, RECURRENT=int(gemm), RESIDENT=resident,
+                  **_launch_kwargs(cfg))
     args = (xproj, w_pad, b_hn, lengths, h_state, h_exchange, c_state, exchange, hh, out, ws,
             sem)
     if cfg.mode == "persistent":
@@ -1144,9 +1316,11 @@ def recurrent_backward(cell, grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w
     precision = dot_precision(x.dtype)
     hh = _empty(B, HP, dtype=f32, device=dev) if gemm else dh_state   # (as in the forward)
     dgate_step = _empty(B, G * HP, dtype=x.dtype, device=dev) if gemm else dgate
+    resident, block_k, _, _ = cfg.kernel_shape(backward=True)
     common = dict(CELL=cell, NUM_GATES=G, WS_WIDTH=WORKSPACE_WIDTH[cell],
-                  BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
-                  PRECISION=precision, RECURRENT=int(gemm), **_launch_kwargs(cfg, backward=True))
+                  BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=block_k,
+                  PRECISION=precision, RECURRENT=int(gemm), RESIDENT=resident,
+                  **_launch_kwargs(cfg, backward=True))
     args = (grad_output, w_pad, lengths_d, h0, c0_arg, output, workspace, dh_state, dc_state,
             dh_total, dgate, dgate_n, hh, dgate_step, sem)
     if cfg.mode == "persistent":
@@ -1241,14 +1415,14 @@ def expand_config(cell: int, cfg: LaunchConfig, dtype: torch.dtype):
         phases, sync = ((3,) if two_phase else (1,)), cfg.sync
     out = []
     for kernel in ("recurrent_forward_kernel", "recurrent_backward_kernel"):
+        resident, block_k, warps, stages = cfg.kernel_shape(backward="backward" in kernel)
         for ph in phases:
             constexprs = dict(CELL=cell, NUM_GATES=NUM_GATES[cell],
                               WS_WIDTH=WORKSPACE_WIDTH[cell], PHASES=ph,
-                              BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=cfg.block_k,
+                              BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=block_k,
                               SYNC=sync, PRECISION=precision,
-                              RECURRENT=int(cfg.mode == "gemm"))
-            warps = cfg.num_warps_bwd if "backward" in kernel else cfg.num_warps
-            out.append((kernel, constexprs, warps, cfg.num_stages))
+                              RECURRENT=int(cfg.mode == "gemm"), RESIDENT=resident)
+            out.append((kernel, constexprs, warps, stages))
     if cfg.mode == "gemm":
         block_m, block_n, block_k, warps, stages = cfg.matmul
         for transposed in (True, False):   # forward h @ W^T, backward gate gradients @ W

@@ -156,7 +156,8 @@ def main(argv=None):
     rows = []
     t0 = time.time()
     print(f"device {torch.cuda.get_device_name(0)}, torch {torch.__version__}, T={T}, "
-          f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, mode={a.mode or 'launcher'}",
+          f"cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, mode={a.mode or 'launcher'}, "
+          f"W_hh resident where it fits={os.environ.get('GATEDRNN_TRITON_RESIDENT', '1') != '0'}",
           flush=True)
     hdr = (f"{'cell':<5} {'dtype':<9} {'pack':<4} {'B':>4} {'H':>5} | {'ours fwd':>9} "
            f"{'cudnn fwd':>9} {'ratio':>6} | {'ours f+b':>9} {'cudnn f+b':>9} {'ratio':>6}")

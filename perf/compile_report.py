@@ -184,33 +184,40 @@ def describe(row):
                   f"BM={cx['BLOCK_M']} BN={cx['BLOCK_N']} BK={cx['BLOCK_K']} sync={cx['SYNC']}")
     elif "CELL" in cx:
         detail = (f"{_common().CELL_NAMES[cx['CELL']]} ph={cx['PHASES']} BB={cx['BLOCK_B']} "
-                  f"BH={cx['BLOCK_H']} BK={cx['BLOCK_K']} sync={cx['SYNC']} rec={cx['RECURRENT']}")
+                  f"BH={cx['BLOCK_H']} BK={cx['BLOCK_K']} sync={cx['SYNC']} rec={cx['RECURRENT']}"
+                  f"{' res=' + str(cx['RESIDENT']) if cx.get('RESIDENT') else ''}")
     else:   # the GEMM per-step mode's recurrent_matmul_kernel
         detail = (f"{'h @ W^T' if cx['W_TRANSPOSED'] else 'dgate @ W'} BM={cx['BLOCK_M']} "
                   f"BN={cx['BLOCK_N']} BK={cx['BLOCK_K']}")
     return dict(cap=cap, dtype=dt_name, kernel=kernel, detail=detail, warps=warps)
 
 
-def compile_one(row):
-    """Compile one configuration (a recurrence row or an "op" row); returns a result dict (never raises)."""
+def compile_row(row):
+    """triton.compile one configuration (a recurrence row or an "op" row) for its target."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    cap = row[1] if row[0] == "op" else row[0]
+    fn, signature, cx, attrs, warps, stages, maxnreg = (
+        _op_source(row) if row[0] == "op" else _recurrence_source(row))
+    # FMA contraction on, stated: it is what launches compile with under Triton 3.6 and 3.9
+    # by default (3.9 warns when it is left implicit; its default flips in 3.10).
+    options = {"num_warps": warps, "num_stages": stages, "enable_fp_fusion": True}
+    if maxnreg is not None:
+        options["maxnreg"] = maxnreg
+    src = ASTSource(fn=fn, signature=signature, constexprs=cx, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", cap, 32), options=options)
+
+
+def compile_one(row):
+    """Compile one configuration (a recurrence row or an "op" row); returns a result dict (never raises)."""
     res = dict(describe(row), ok=False, error="", regs=-1, stack=-1, shared=-1, seconds=0.0)
     if row[0] != "op":
         res["cx"] = dict(row[2])
     cap = res["cap"]
     t0 = time.time()
     try:
-        fn, signature, cx, attrs, warps, stages, maxnreg = (
-            _op_source(row) if row[0] == "op" else _recurrence_source(row))
-        # FMA contraction on, stated: it is what launches compile with under Triton 3.6 and 3.9
-        # by default (3.9 warns when it is left implicit; its default flips in 3.10).
-        options = {"num_warps": warps, "num_stages": stages, "enable_fp_fusion": True}
-        if maxnreg is not None:
-            options["maxnreg"] = maxnreg
-        src = ASTSource(fn=fn, signature=signature, constexprs=cx, attrs=attrs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", cap, 32), options=options)
+        compiled = compile_row(row)
         with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
             f.write(compiled.asm["cubin"])
             path = f.name
@@ -226,8 +233,8 @@ def compile_one(row):
         problems = []
         if stack > 0:
             problems.append(f"spills (stack {stack} B)")
-        if regs > MAX_REGS_PER_THREAD or regs * 32 * warps > REGS_PER_SM:
-            problems.append(f"{regs} regs x {warps} warps do not fit")
+        if regs > MAX_REGS_PER_THREAD or regs * 32 * res["warps"] > REGS_PER_SM:
+            problems.append(f"{regs} regs x {res['warps']} warps do not fit")
         if shared > TARGETS[cap][1]:
             problems.append(f"shared {shared} B > {TARGETS[cap][1]}")
         res["ok"] = not problems

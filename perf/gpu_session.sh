@@ -9,7 +9,10 @@
 #   bash perf/gpu_session.sh rnn-modes  # the gemm mode forced where the split one runs, and its
 #                                       # two-launches-a-step form (float32/bf16, B 64 and 256)
 #   bash perf/gpu_session.sh rnn-latency  # per-step latency at B=1, H=512 (bf16 LSTM, the bar's
-#                                         # 2x-of-the-barrier case) over the K chunk and stages
+#                                         # 2x-of-the-barrier case): W_hh resident, then streamed
+#                                         # over the K chunk and stages
+#   bash perf/gpu_session.sh rnn-resident # W_hh on-chip (the default at B <= 16 where it fits)
+#                                         # against streaming it, ours only, B 1 and 8
 #   bash perf/gpu_session.sh all     # all of the above (more than one call's time: use the stages)
 #
 # A fresh device starts bare: run `setup` in the same call as a later stage, e.g.
@@ -57,18 +60,30 @@ for step in "${@:-all}"; do
                 --hiddens 768,1024,2048 --csv "$OUT/bench_rnn_gemm_per_step.csv"
             ;;
         rnn-latency)
-            # The split kernel's K loop waits on L2 once a chunk: fewer, wider chunks and more
-            # stages in flight are the knobs (tuning overrides read by choose_config).
+            # W_hh on-chip (the launcher's choice here), then streamed from L2: its K loop waits
+            # on L2 once a chunk, so fewer, wider chunks and more stages in flight are the knobs
+            # (tuning overrides read by choose_config).
+            GATEDRNN_TRITON_RESIDENT=1 stage latency_resident "$PYTHON" perf/bench_rnn.py --gpu \
+                --ours-only --no-packed --cells lstm --dtypes bfloat16 --batches 1 --hiddens 512
             for block_k in 64 128 256; do
                 for stages in 2 3 4; do
-                    GATEDRNN_TRITON_BLOCK_K=$block_k GATEDRNN_TRITON_STAGES=$stages \
+                    GATEDRNN_TRITON_RESIDENT=0 GATEDRNN_TRITON_BLOCK_K=$block_k \
+                        GATEDRNN_TRITON_STAGES=$stages \
                         stage "latency_bk${block_k}_st${stages}" "$PYTHON" perf/bench_rnn.py --gpu \
                         --ours-only --no-packed --cells lstm --dtypes bfloat16 --batches 1 --hiddens 512
                 done
             done
-            grep -h "per-step latency" "$OUT"/latency_bk*.log
+            grep -h "per-step latency" "$OUT"/latency_*.log
+            ;;
+        rnn-resident)
+            for resident in 1 0; do
+                GATEDRNN_TRITON_RESIDENT=$resident stage "bench_rnn_resident_$resident" "$PYTHON" \
+                    perf/bench_rnn.py --gpu --ours-only --no-packed --cells lstm,gru \
+                    --dtypes float32,bfloat16,float16 --batches 1,8 --hiddens 256,512,768,1024 \
+                    --csv "$OUT/bench_rnn_resident_$resident.csv"
+            done
             ;;
         setup|tests|conv|rnn|all) ;;
-        *) echo "unknown stage '$step' (setup, tests, conv, rnn, rnn-modes, rnn-latency, all)"; exit 2 ;;
+        *) echo "unknown stage '$step' (setup, tests, conv, rnn, rnn-modes, rnn-latency, rnn-resident, all)"; exit 2 ;;
     esac
 done

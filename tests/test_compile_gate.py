@@ -36,8 +36,8 @@ def test_every_config_compiles_without_spills():
 
 def test_enumeration_covers_every_mode():
     """The enumerated grid reaches the split-hidden (grid barrier) mode and the gemm mode in
-    both forms (one launch; two a step), so the gate compiles each kernel body variant, the
-    step GEMM and the one-launch gemm kernels."""
+    both forms (one launch; two a step), and W_hh both streamed and on-chip, so the gate
+    compiles each kernel body variant, the step GEMM and the one-launch gemm kernels."""
     report = _report_module()
     rows = report.enumerate_configs((90,), quick=True)
     cell_rows = [dict(r[2]) for r in rows if r[1] in ("recurrent_forward_kernel",
@@ -47,6 +47,8 @@ def test_enumeration_covers_every_mode():
     assert {0, 2} <= syncs          # per-step (the GEMM mode) and split-hidden
     assert {1, 2, 3} <= phases      # GRU reset_before: both phases separately and fused
     assert {0, 1} <= {cx["RECURRENT"] for cx in cell_rows}   # product in-kernel / from the GEMM
+    # W_hh streamed, and on-chip in 2, 4 and 8 chunks (small H; from H = 65 on)
+    assert {0, 2, 4, 8} <= {cx["RESIDENT"] for cx in cell_rows}
     matmuls = {dict(r[2])["W_TRANSPOSED"] for r in rows if r[1] == "recurrent_matmul_kernel"}
     assert matmuls == {True, False}  # forward h @ W^T and backward gradients @ W
     one_launch = {(r[1], dict(r[2])["CELL"]) for r in rows if r[1].startswith("recurrent_gemm_")}
@@ -98,3 +100,50 @@ def test_every_op_kernel_is_listed(module):
                 assert kind is not None, f"{cfg['kernel']}: no type for argument {name}"
                 if kind == "constexpr":
                     assert name in cfg["constexprs"], f"{cfg['kernel']}: constexpr {name} has no value"
+
+
+def _loads_around_time_loop(ttgir: str):
+    """Shapes of the rank-3 tensors that tt.load reads before and inside the first scf.for (the
+    time loop: with W_hh resident, the recurrence kernels have no other loop)."""
+    import re
+
+    loop = ttgir.index("scf.for")
+    shape = re.compile(r"tt\.load .*?: tensor<(\d+)x(\d+)x(\d+)x!tt\.ptr")
+    before, inside = [], []
+    for match in shape.finditer(ttgir):
+        (before if match.start() < loop else inside).append(tuple(int(g) for g in match.groups()))
+    return before, inside
+
+
+@pytest.mark.parametrize("cap", [80, 90])
+def test_resident_weights_are_loaded_once(cap):
+    """With W_hh on-chip (LSTM, GRU reset_before, RNN at H = 512, B = 8, bf16: the launcher's
+    pick), every program loads its W_hh slices, (chunks, chunk rows, columns), before the time
+    loop, and the only rank-3 loads inside the loop are the step's exchanged state (chunks, 16
+    batch rows, chunk rows): no step reads W_hh from memory."""
+    import torch
+
+    report = _report_module()
+    C = report._common()
+    for cell in (C.CELL_LSTM, C.CELL_GRU_RESET_BEFORE, C.CELL_RNN_TANH):
+        cfg = C.choose_config(cell, 512, 8, torch.bfloat16, report.TARGETS[cap][0],
+                              capability=(cap // 10, cap % 10))
+        assert cfg.resident[0] and cfg.resident[2], cfg
+        for kernel, cx, warps, stages in C.expand_config(cell, cfg, torch.bfloat16):
+            backward = "backward" in kernel
+            chunks, block_k = cfg.resident[2:] if backward else cfg.resident[:2]
+            if backward:
+                slices = {(chunks, block_k, cfg.block_h)}
+                if cell == C.CELL_GRU_RESET_BEFORE:
+                    slices.add((chunks // 2, block_k, cfg.block_h))
+            else:
+                slices = {(chunks, block_k, {C.CELL_LSTM: 4, C.CELL_GRU_RESET_BEFORE: 2}.get(
+                    cell, 1) * cfg.block_h)}
+                if cell == C.CELL_GRU_RESET_BEFORE:
+                    slices.add((chunks, block_k, cfg.block_h))
+            row = (cap, kernel, tuple(sorted(cx.items())), warps, stages, "bfloat16")
+            before, inside = _loads_around_time_loop(report.compile_row(row).asm["ttgir"])
+            what = f"sm_{cap} {C.CELL_NAMES[cell]} {kernel}"
+            assert slices <= set(before), f"{what}: slices {slices} not loaded before: {before}"
+            operands = {(c, cfg.block_b, block_k) for c in (chunks, chunks // 2)}
+            assert inside and set(inside) <= operands, f"{what}: loads in the time loop: {inside}"

@@ -2,7 +2,8 @@
 
 * Oracle checks (forward, workspace, every gradient) at realistic sizes, all cells and
   conventions, float32 (IEEE dots), bfloat16 and float16, every mode: split-hidden persistent
-  with its real grid barrier (the default), single-program, per-step, GEMM per-step.
+  with its real grid barrier (the default), single-program, per-step, GEMM per-step; at B <= 16
+  with W_hh held on-chip (the launcher's choice there) and streamed.
 * Every hidden size class 32..2048 and batch 1..1024 runs (forward + backward, finite, against
   cuDNN in float64 for full-length sequences).
 * Barrier stress: hundreds of split-hidden launches, results bitwise identical (the kernels use
@@ -65,6 +66,29 @@ def test_oracle_realistic(cell, option, mode, dtype):
                          dtype=dtype, device="cuda", tol=tol, seed=3)
 
 
+@pytest.mark.parametrize("weights", ["resident", "streamed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
+                         ids=["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("cell,option", CELLS)
+def test_oracle_resident_weights(cell, option, dtype, weights, monkeypatch):
+    """B = 12 (one 16-row batch tile), the split mode with W_hh on-chip where it fits and, for
+    comparison, streamed (GATEDRNN_TRITON_RESIDENT=0): H = 200 (K padded 208 -> 256, both
+    directions resident), then H = 1000 in half types (the forward's 128 KB slice resident,
+    the backward's too large: streamed) and H = 250 in float32 (64 KB slices, both resident)."""
+    from importlib import import_module
+    C = import_module(kernel_module("lstm").__name__.rsplit(".", 1)[0] + "._common")
+    monkeypatch.setenv("GATEDRNN_TRITON_RESIDENT", "1" if weights == "resident" else "0")
+    sms, cap = C.device_properties(torch.cuda.current_device())
+    tol = TOL[dtype] * (3 if option == "relu" and dtype != torch.float32 else 1)
+    T, B, I = 24, 12, 96
+    for H in (200, 250 if dtype == torch.float32 else 1000):
+        cfg = C.choose_config(C.CELL_LSTM, H, B, dtype, sms, capability=cap)
+        assert bool(cfg.resident) == (weights == "resident"), cfg
+        for reverse in (False, True):
+            cases.check_case(cell, option, T, B, I, H, _lengths(B, T, 2), reverse, None,
+                             dtype=dtype, device="cuda", tol=tol, seed=5)
+
+
 def test_split_mode_is_chosen():
     from importlib import import_module
     C = import_module(kernel_module("lstm").__name__.rsplit(".", 1)[0] + "._common")
@@ -105,30 +129,36 @@ def test_all_sizes_run(H, B):
             assert rel(grads[0], gx_ref) < tol and rel(grads[4], gw_ref) < tol
 
 
-@pytest.mark.parametrize("cell,option,mode,repeats",
-                         [("lstm", None, None, 300), ("gru", False, None, 300),
-                          ("lstm", None, "gemm", 300), ("gru", False, "gemm", 300),
-                          ("lstm", None, "gemm_per_step", 30)],
-                         ids=["lstm-split", "gru_reset_before-split", "lstm-gemm",
+@pytest.mark.parametrize("cell,option,mode,repeats,dtype",
+                         [("lstm", None, None, 300, torch.float32),
+                          ("gru", False, None, 300, torch.float32),
+                          ("lstm", None, None, 300, torch.bfloat16),
+                          ("gru", False, None, 300, torch.bfloat16),
+                          ("lstm", None, "gemm", 300, torch.float32),
+                          ("gru", False, "gemm", 300, torch.float32),
+                          ("lstm", None, "gemm_per_step", 30, torch.float32)],
+                         ids=["lstm-split", "gru_reset_before-split", "lstm-split-bf16",
+                              "gru_reset_before-split-bf16", "lstm-gemm",
                               "gru_reset_before-gemm", "lstm-gemm_step"])
-def test_barrier_stress_bitwise(cell, option, mode, repeats):
+def test_barrier_stress_bitwise(cell, option, mode, repeats, dtype):
     """Forward+backward launches on the same inputs, bitwise identical: 300 each of the split
-    mode and the one-launch gemm mode (grid barriers; GEMMs with no split reduction), 30 of the
-    gemm mode's two-launches-a-step form."""
+    mode (float32: W_hh streamed, its slices too large at H = 512; bf16: on-chip in both
+    directions) and the one-launch gemm mode (grid barriers; GEMMs with no split reduction), 30 of
+    the gemm mode's two-launches-a-step form."""
     T, B, I, H = 16, 8, 64, 512
     dev = "cuda"
     torch.manual_seed(0)
     G = cases.NUM_GATES[cell]
     mod = kernel_module(cell)
-    x = torch.randn(T, B, I, device=dev)
-    h0 = torch.randn(B, H, device=dev)
-    c0 = torch.randn(B, H, device=dev)
-    w_ih = torch.randn(G * H, I, device=dev) / H ** 0.5
-    w_hh = torch.randn(G * H, H, device=dev) / H ** 0.5
-    b = torch.randn(G * H, device=dev) * 0.1
+    x = torch.randn(T, B, I, device=dev, dtype=dtype)
+    h0 = torch.randn(B, H, device=dev, dtype=dtype)
+    c0 = torch.randn(B, H, device=dev, dtype=dtype)
+    w_ih = (torch.randn(G * H, I, device=dev) / H ** 0.5).to(dtype)
+    w_hh = (torch.randn(G * H, H, device=dev) / H ** 0.5).to(dtype)
+    b = (torch.randn(G * H, device=dev) * 0.1).to(dtype)
     lengths = torch.tensor([16, 3, 0, 9, 16, 1, 12, 7], device=dev)
-    go = torch.randn(T, B, H, device=dev)
-    gh = torch.randn(B, H, device=dev)
+    go = torch.randn(T, B, H, device=dev, dtype=dtype)
+    gh = torch.randn(B, H, device=dev, dtype=dtype)
 
     def once():
         if cell == "lstm":

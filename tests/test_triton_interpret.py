@@ -6,16 +6,17 @@ owns all hidden units, all steps in one launch), split-hidden in its interpreter
 (hidden units split over programs, one launch per step/phase) and the gemm mode (the recurrent
 product as a tiled GEMM, then the gate math) in both forms: one launch (one program looping over
 every tile, the grid barrier a CTA barrier) and two launches a step, with unsorted lengths
-including 0 and T, reverse, missing biases and several batch and hidden tiles. float32 (no bf16
-in the interpreter). The GPU forms of the split and gemm modes (several programs meeting at the
-spin barrier) run with their programs as concurrent threads (``concurrent_programs``): without
-the barrier every such case fails; one barrier of the gemm forward left out failed the LSTM case
-in the run tried (the interleaving is up to the thread scheduler).
+including 0 and T, reverse, missing biases and several batch and hidden tiles; W_hh held on-chip
+for the whole launch (the launcher's choice for 16-row batch tiles) and streamed. float32 (no
+bf16 in the interpreter). The GPU forms of the split and gemm modes (several programs meeting at
+the spin barrier) run with their programs as concurrent threads (``concurrent_programs``):
+without the barrier every such case fails; one barrier of the gemm forward left out failed the
+LSTM case in the run tried (the interleaving is up to the thread scheduler).
 
 Triton picks the interpreter when ``@triton.jit`` decorates, i.e. at import of the kernel
 modules. Other test files may import them first (compiled mode), so the cases run in a fresh
 subprocess (``pytest`` on this file with TRITON_INTERPRET=1); in that subprocess the cases run
-directly. Runtime: ~40 s on 2 cores.
+directly. Runtime: ~65-85 s on 2 cores.
 """
 import importlib
 import os
@@ -151,16 +152,46 @@ needs_interpreter = pytest.mark.skipif(
     not INTERPRETING, reason="runs in the TRITON_INTERPRET=1 subprocess (test_in_interpreter)")
 
 
+def resident_weights(on, monkeypatch):
+    """W_hh held on-chip (the launcher's choice for 16-row batch tiles) or streamed from memory
+    every step (GATEDRNN_TRITON_RESIDENT=0)."""
+    monkeypatch.setenv("GATEDRNN_TRITON_RESIDENT", "1" if on else "0")
+
+
 @needs_interpreter
-@pytest.mark.parametrize("mode", ["single", "split", "gemm", "gemm_per_step"])
+@pytest.mark.parametrize("mode,weights", [("single", "resident"), ("single", "streamed"),
+                                          ("split", "resident"), ("split", "streamed"),
+                                          ("gemm", "gemm"), ("gemm_per_step", "gemm")])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("cell,option", CELLS)
-def test_cell_against_oracle(cell, option, reverse, mode):
+def test_cell_against_oracle(cell, option, reverse, mode, weights, monkeypatch):
     # H=20: units masked in every mode; the split and both gemm modes use 2 hidden tiles of 16
     # (the gemm mode: one program looping over every GEMM and gate tile).
-    # lengths unsorted, with 0 (returns h0/c0) and T.
+    # lengths unsorted, with 0 (returns h0/c0) and T. W_hh on-chip (the launcher's choice at
+    # these sizes) or streamed; the gemm modes read the product from the step GEMM instead.
+    resident_weights(weights != "streamed", monkeypatch)
+    C = kernel_module("_common")
+    cfg = C.choose_config(C.CELL_LSTM, 20, 3, torch.float32, 1, True, mode)
+    assert bool(cfg.resident) == (weights == "resident"), cfg
     check_case(cell, option, T=5, B=3, I=4, H=20, lengths=[5, 0, 3], reverse=reverse,
                mode=mode)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("cell,option", CELLS)
+def test_resident_weights_several_chunks(cell, option):
+    """W_hh on-chip with K padded past HP: H = 70 in the split form's three hidden tiles of 32
+    (HP = 96), so the forward's slice is 8 chunks of 16 rows of which the last two lie past HP
+    (masked), the backward's 8 chunks over the gates' rows (G*96 padded: 512 for LSTM and GRU,
+    256 and n's 128 for GRU reset_before, 128 for the RNN); reverse and lengths, against the
+    oracle."""
+    C = kernel_module("_common")
+    code = {"lstm": C.CELL_LSTM, "rnn": C.CELL_RNN_TANH}.get(
+        cell, C.CELL_GRU if option else C.CELL_GRU_RESET_BEFORE)
+    cfg = C.choose_config(code, 70, 5, torch.float32, 1, True, "split")
+    assert cfg.resident[:2] == (8, 16) and cfg.n_htiles == 3, cfg
+    check_case(cell, option, T=6, B=5, I=3, H=70, lengths=[6, 2, 0, 5, 6], reverse=True,
+               mode="split")
 
 
 @needs_interpreter
@@ -201,6 +232,25 @@ def test_concurrent_programs_with_the_grid_barrier(cell, option, mode, monkeypat
     with concurrent_programs():
         check_case(cell, option, T=4, B=18, I=3, H=33, lengths=lengths, reverse=True,
                    mode=None)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("cell,option", CELLS)
+def test_concurrent_split_resident_weights(cell, option, monkeypatch):
+    """The split mode's GPU form with W_hh on-chip: the launcher's config for B = 9 (one batch
+    tile of 16 rows) on a 4-SM device, 3 programs each holding its slice for the whole launch
+    and meeting at the spin barrier every step, running at once."""
+    C = kernel_module("_common")
+
+    def config(cell_code, H, B, dtype, t, _mode):
+        cfg = C.choose_config(cell_code, H, B, dtype, 4, False, "split")
+        assert cfg.sync == C.SYNC_GRID and cfg.grid[0] == 3 and cfg.resident, cfg
+        return cfg
+
+    monkeypatch.setattr(C, "_config_for", config)
+    with concurrent_programs():
+        check_case(cell, option, T=4, B=9, I=3, H=33, lengths=[4, 1, 0, 4, 2, 3, 4, 4, 2],
+                   reverse=False, mode=None)
 
 
 @needs_interpreter
