@@ -14,6 +14,10 @@
 #   bash perf/gpu_session.sh rnn-resident # W_hh on-chip (the default at B <= 16 where it fits)
 #                                         # against streaming it, ours only, B 1 and 8
 #   bash perf/gpu_session.sh all     # all of the above (more than one call's time: use the stages)
+#   bash perf/gpu_session.sh lease   # one call for a short lease (15 minutes of device time, the
+#                                    # machine's start included): setup, then what is owed, most
+#                                    # informative first, each part under its own time limit
+#                                    # (about 9 minutes in all)
 #
 # A fresh device starts bare: run `setup` in the same call as a later stage, e.g.
 #   bash perf/gpu_session.sh setup tests
@@ -23,11 +27,12 @@ OUT=${OUT:-/tmp/gatedrnn_gpu}
 mkdir -p "$OUT"
 PYTHON=${PYTHON:-python3}
 
+# STAGE_TIMEOUT (seconds, 0: none) bounds each stage's command.
 stage() {
     local name=$1; shift
     echo "== $name: $*" | tee -a "$OUT/stages.log"
     local started=$SECONDS
-    "$@" > "$OUT/$name.log" 2>&1
+    timeout "${STAGE_TIMEOUT:-0}" "$@" > "$OUT/$name.log" 2>&1
     local status=$?
     echo "== $name: exit $status after $((SECONDS - started)) s" | tee -a "$OUT/stages.log"
     tail -n 25 "$OUT/$name.log"
@@ -83,7 +88,31 @@ for step in "${@:-all}"; do
                     --csv "$OUT/bench_rnn_resident_$resident.csv"
             done
             ;;
+        lease)
+            # What a 15-minute lease can hold, most informative first: the install; the device
+            # checks of what no GPU has run yet (W_hh on-chip: oracle and bitwise repeats; the
+            # one-launch gemm mode); the per-step latency with W_hh on-chip and streamed;
+            # resident against streamed with cuDNN beside (B 1 and 8); the rest of the GPU tests.
+            STAGE_TIMEOUT=150 stage install "$PYTHON" -m pip install --no-build-isolation --no-deps -e .
+            STAGE_TIMEOUT=120 stage pytest_gpu_new "$PYTHON" -m pytest -m gpu -x -q -p no:cacheprovider \
+                tests/test_gpu_rnn.py -k "resident or stress"
+            GATEDRNN_TRITON_RESIDENT=1 STAGE_TIMEOUT=45 stage latency_resident "$PYTHON" \
+                perf/bench_rnn.py --gpu --ours-only --no-packed --cells lstm --dtypes bfloat16 \
+                --batches 1 --hiddens 512
+            GATEDRNN_TRITON_RESIDENT=0 STAGE_TIMEOUT=45 stage latency_streamed "$PYTHON" \
+                perf/bench_rnn.py --gpu --ours-only --no-packed --cells lstm --dtypes bfloat16 \
+                --batches 1 --hiddens 512
+            for resident in 1 0; do
+                GATEDRNN_TRITON_RESIDENT=$resident STAGE_TIMEOUT=60 stage "rnn_small_batch_$resident" \
+                    "$PYTHON" perf/bench_rnn.py --gpu --no-packed --cells lstm,gru \
+                    --dtypes float16,bfloat16,float32 --batches 1,8 --hiddens 512,1024 \
+                    --csv "$OUT/rnn_small_batch_$resident.csv"
+            done
+            STAGE_TIMEOUT=60 stage pytest_gpu_rest "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider \
+                -k "not resident and not stress"
+            grep -h "per-step latency" "$OUT"/latency_*.log
+            ;;
         setup|tests|conv|rnn|all) ;;
-        *) echo "unknown stage '$step' (setup, tests, conv, rnn, rnn-modes, rnn-latency, rnn-resident, all)"; exit 2 ;;
+        *) echo "unknown stage '$step' (setup, tests, conv, rnn, rnn-modes, rnn-latency, rnn-resident, lease, all)"; exit 2 ;;
     esac
 done
