@@ -967,6 +967,8 @@ def choose_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
     block_k = int(os.environ.get("GATEDRNN_TRITON_BLOCK_K", block_k))
     stages = int(os.environ.get("GATEDRNN_TRITON_STAGES", 3))
     block_b = min(max(_pow2_at_least(B), MIN_DOT_TILE), 64)
+    # (16 at B = 17..64: more batch tiles, so more SMs and W_hh resident; to be timed)
+    block_b = int(os.environ.get("GATEDRNN_TRITON_BLOCK_B") or block_b)
     n_btiles = -(-B // block_b)
     h_pad = max(_pow2_at_least(H), MIN_DOT_TILE)
 

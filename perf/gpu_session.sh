@@ -12,7 +12,9 @@
 #                                         # 2x-of-the-barrier case): W_hh resident, then streamed
 #                                         # over the K chunk and stages
 #   bash perf/gpu_session.sh rnn-resident # W_hh on-chip (the default at B <= 16 where it fits)
-#                                         # against streaming it, ours only, B 1 and 8
+#                                         # against streaming it, ours only, B 1 and 8; then
+#                                         # B 32 and 64 in 16-row batch tiles (more SMs, W_hh
+#                                         # on-chip) against the default one 32/64-row tile
 #   bash perf/gpu_session.sh all     # all of the above (more than one call's time: use the stages)
 #   bash perf/gpu_session.sh lease   # one call for a short lease (15 minutes of device time, the
 #                                    # machine's start included): setup, then what is owed, most
@@ -86,6 +88,12 @@ for step in "${@:-all}"; do
                     perf/bench_rnn.py --gpu --ours-only --no-packed --cells lstm,gru \
                     --dtypes float32,bfloat16,float16 --batches 1,8 --hiddens 256,512,768,1024 \
                     --csv "$OUT/bench_rnn_resident_$resident.csv"
+            done
+            for block_b in 16 ""; do   # "": the launcher's batch tile (32 / 64 rows)
+                GATEDRNN_TRITON_BLOCK_B=$block_b stage "bench_rnn_block_b${block_b:-default}" \
+                    "$PYTHON" perf/bench_rnn.py --gpu --no-packed --cells lstm,gru \
+                    --dtypes float32,bfloat16,float16 --batches 32,64 --hiddens 256,512,1024 \
+                    --csv "$OUT/bench_rnn_block_b${block_b:-default}.csv"
             done
             ;;
         lease)
