@@ -1,7 +1,7 @@
 """Compile gate for every Triton kernel of gatedrnn (no GPU needed).
 
 Compiles every kernel at every configuration the launchers can choose, for sm_80 (A100, 108 SMs)
-and sm_90 (H100/H200, 132 SMs): the recurrences over H in 32..2048, B in 1..1024, dtypes
+and sm_90 (H100/H200, 132 SMs): the recurrences over H in 1..2048, B in 1..1024, dtypes
 float32/bfloat16/float16 (enumerated here from ``kernels/_common.py``'s ``choose_config``), and the
 convolution, pooling and embedding kernels from each module's ``gate_configs(capability)`` (the
 listing their launchers pick from; the modules are ``OP_MODULES`` of the kernels package). Each
@@ -36,7 +36,7 @@ TARGETS = {80: (108, 163 * 1024), 90: (132, 227 * 1024)}
 REGS_PER_SM = 65536
 MAX_REGS_PER_THREAD = 255
 DTYPES = ("float32", "bfloat16", "float16")
-H_RANGE = range(32, 2049)
+H_RANGE = range(1, 2049)   # every hidden size up to the issue's 2048
 
 
 def _package():
@@ -81,7 +81,7 @@ def enumerate_configs(archs, quick=False):
     import torch
     C = _common()
     bs = _batch_classes(C)
-    hs = H_RANGE if not quick else [32, 48, 256, 768, 1024, 2048]
+    hs = H_RANGE if not quick else [16, 32, 48, 256, 768, 1024, 2048]
     out = set()
     for cap in archs:
         sms = TARGETS[cap][0]

@@ -1,9 +1,9 @@
 """Compile gate (no GPU): every Triton kernel configuration the launchers can choose (the
-recurrences for H 32..2048, B 1..1024; conv, pooling and embedding from their gate_configs),
+recurrences for H 1..2048, B 1..1024; conv, pooling and embedding from their gate_configs),
 float32/bfloat16/float16, on sm_80 and sm_90, compiles, does not spill and fits the target's
 registers and shared memory. Logic and table: perf/compile_report.py.
 
-Runtime on 2 cores: ~4-6 min with a cold Triton cache (~340 recurrence compiles plus the ops'), ~15 s warm
+Runtime on 2 cores: ~6-8 min with a cold Triton cache (~940 recurrence compiles plus the ops'), ~15 s warm
 (cache TRITON_CACHE_DIR between CI runs). Run under each Triton version CI tests (3.9, 3.6).
 """
 import importlib
