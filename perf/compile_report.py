@@ -20,6 +20,7 @@ Usage: python perf/compile_report.py [--arch 80,90] [--jobs N] [--quick] [--no-o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import subprocess
@@ -92,6 +93,8 @@ def enumerate_configs(archs, quick=False):
                         for H in hs for B in bs}
                 # the gemm mode's two-launches-a-step form (forced by mode="gemm_per_step")
                 cfgs |= {C.gemm_per_step(cfg) for cfg in cfgs if cfg.mode == "gemm"}
+                # W_hh streamed where it would be on-chip (GATEDRNN_TRITON_RESIDENT=0)
+                cfgs |= {dataclasses.replace(cfg, resident=()) for cfg in cfgs if cfg.resident}
                 for cfg in cfgs:
                     for kernel, cx, warps, stages in C.expand_config(cell, cfg, dt):
                         out.add((cap, kernel, tuple(sorted(cx.items())), warps, stages, dt_name))

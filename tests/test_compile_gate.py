@@ -3,7 +3,7 @@ recurrences for H 1..2048, B 1..1024; conv, pooling and embedding from their gat
 float32/bfloat16/float16, on sm_80 and sm_90, compiles, does not spill and fits the target's
 registers and shared memory. Logic and table: perf/compile_report.py.
 
-Runtime on 2 cores: ~6-8 min with a cold Triton cache (~940 recurrence compiles plus the ops'), ~15 s warm
+Runtime on 2 cores: ~6-8 min with a cold Triton cache (~1000 recurrence compiles plus the ops'), ~15 s warm
 (cache TRITON_CACHE_DIR between CI runs). Run under each Triton version CI tests (3.9, 3.6).
 """
 import importlib
@@ -147,3 +147,36 @@ def test_resident_weights_are_loaded_once(cap):
             assert slices <= set(before), f"{what}: slices {slices} not loaded before: {before}"
             operands = {(c, cfg.block_b, block_k) for c in (chunks, chunks // 2)}
             assert inside and set(inside) <= operands, f"{what}: loads in the time loop: {inside}"
+
+
+def test_launcher_holds_w_hh_where_it_fits(monkeypatch):
+    """W_hh on-chip per direction exactly where the slice fits (kernels/_common.py
+    with_resident_weights): 16-row batch tiles only, 128 KB half / 64 KB float32 slices, the
+    slice and its operand within the target's shared memory; GATEDRNN_TRITON_RESIDENT=0 turns
+    it off (the streamed configs are in the compile gate's enumeration too)."""
+    import torch
+
+    C = _report_module()._common()
+    bf16, f32 = torch.bfloat16, torch.float32
+    pick = lambda cell, H, B, dtype, cap=(9, 0): C.choose_config(  # noqa: E731
+        cell, H, B, dtype, 132 if cap == (9, 0) else 108, capability=cap).resident
+    # LSTM bf16, B = 8: both directions to H = 512; the forward alone at 1024 (its backward
+    # slice, 4096 rows x 16 units, and operand exceed shared memory); nothing at 2048
+    assert pick(C.CELL_LSTM, 512, 8, bf16) == (8, 64, 8, 256)
+    assert pick(C.CELL_LSTM, 1024, 8, bf16) == (8, 128, 0, 0)
+    assert pick(C.CELL_LSTM, 2048, 8, bf16) == ()
+    # float32 stops at 64 KB: H = 256 both, 512 none
+    assert pick(C.CELL_LSTM, 256, 1, f32) == (8, 32, 8, 128)
+    assert pick(C.CELL_LSTM, 512, 1, f32) == ()
+    # batch tiles above 16 rows stream W_hh
+    assert pick(C.CELL_LSTM, 256, 16, bf16) and not pick(C.CELL_LSTM, 256, 17, bf16)
+    # GRU reset_before: n's slice beside r, z's; the backward's n in half the chunks
+    assert pick(C.CELL_GRU_RESET_BEFORE, 1024, 8, bf16) == (8, 128, 8, 256)
+    # the RNN at H = 2048 bf16: 128 hidden tiles fit sm_90's 132 SMs (64 KB slice + 64 KB
+    # operand); on sm_80's 108 SMs the tiles double to 32 units and 192 KB exceeds 163 KB
+    assert pick(C.CELL_RNN_TANH, 2048, 8, bf16) == (8, 256, 8, 256)
+    assert pick(C.CELL_RNN_TANH, 2048, 8, bf16, (8, 0)) == ()
+    # small H: fewer chunks of at least 16 rows
+    assert pick(C.CELL_RNN_TANH, 16, 1, f32) == (1, 16, 1, 16)
+    monkeypatch.setenv("GATEDRNN_TRITON_RESIDENT", "0")
+    assert pick(C.CELL_LSTM, 512, 8, bf16) == ()
