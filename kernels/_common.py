@@ -873,6 +873,14 @@ def device_properties(index: int):
     return p.multi_processor_count, (p.major, p.minor)
 
 
+@functools.lru_cache(maxsize=None)
+def shared_memory_per_block(index: int) -> int:
+    """Shared memory a block of a CUDA device may opt into, in bytes (163 KB on an A100, 227 KB
+    on an H100/H200, about 100 KB on consumer Ampere/Ada parts)."""
+    p = torch.cuda.get_device_properties(index)
+    return int(getattr(p, "shared_memory_per_block_optin", 0) or p.shared_memory_per_block)
+
+
 def _pow2_at_least(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -941,12 +949,14 @@ RESIDENT_MAX_BYTES = {2: 128 * 1024, 4: 64 * 1024}   # by element size
 RESIDENT_MAX_CHUNK_ROWS = 256
 RESIDENT_CHUNKS = 8
 RESIDENT_WARPS = 8
+# Launches use the device's own opt-in limit (shared_memory_per_block); the compile gate, with
+# no device, these (the A100's and the H100/H200's).
 RESIDENT_SHARED_BYTES = {8: 163 * 1024, 9: 227 * 1024}   # by major capability
 
 
 def choose_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
                   interpret: bool = False, mode: str | None = None,
-                  capability: tuple = (9, 0)) -> LaunchConfig:
+                  capability: tuple = (9, 0), shared_bytes: int | None = None) -> LaunchConfig:
     """Pick mode and tiles for a (cell, H, B, dtype) on a device with sm_count SMs.
 
     mode forces "single" (one program per batch tile owns all units), "split" (split hidden,
@@ -954,7 +964,8 @@ def choose_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
     (the recurrent product as a GEMM a step, all steps in one launch) or "gemm_per_step" (the
     same, two launches a step). Default: the widest co-resident split; the gemm mode where it
     does not fit. The single, split and per-step modes hold W_hh on-chip where a program's
-    slice fits (with_resident_weights; GATEDRNN_TRITON_RESIDENT=0 streams it instead)."""
+    slice fits in shared_bytes of shared memory (the device's; None: the sm_80 / sm_90 limits
+    by capability), see with_resident_weights (GATEDRNN_TRITON_RESIDENT=0 streams it)."""
     G = NUM_GATES[cell]
     ng = 4 if G >= 3 else G
     # BLOCK_K: the K loop is latency-bound (an L2 round trip per iteration), so few, wide
@@ -1004,12 +1015,12 @@ def choose_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
         # smallest batch tile so the interpreter and small H stay cheap.
         bb = MIN_DOT_TILE if interpret else block_b
         return with_resident_weights(cell, H, make("persistent", SYNC_CTA, bb, h_pad), dtype,
-                                     capability)
+                                     capability, shared_bytes)
     if mode == "per_step" or (mode == "split" and interpret):
         bh = max(MIN_DOT_TILE, min(h_pad // 2 if mode == "split" else 32, 32))
         bb = MIN_DOT_TILE if interpret else block_b
         return with_resident_weights(cell, H, make("per_step", SYNC_NONE, bb, bh), dtype,
-                                     capability)
+                                     capability, shared_bytes)
     if mode == "gemm":
         return _gemm_config(cell, H, B, dtype, sm_count, interpret)
     if mode == "gemm_per_step":
@@ -1022,18 +1033,20 @@ def choose_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
     cfg = make("persistent", SYNC_GRID if -(-H // bh) > 1 else SYNC_CTA, block_b, bh)
     if (cfg.n_btiles * cfg.n_htiles <= max_programs and block_b * bh <= MAX_TILE_VALUES
             and block_b * bh * ng <= MAX_ACC_VALUES):
-        return with_resident_weights(cell, H, cfg, dtype, capability)
+        return with_resident_weights(cell, H, cfg, dtype, capability, shared_bytes)
     if mode == "split":
         raise ValueError("split-hidden mode does not fit co-resident on this device")
     return _gemm_config(cell, H, B, dtype, sm_count, interpret)
 
 
 def with_resident_weights(cell: int, H: int, cfg: LaunchConfig, dtype: torch.dtype,
-                          capability: tuple = (9, 0)) -> LaunchConfig:
+                          capability: tuple = (9, 0),
+                          shared_bytes: int | None = None) -> LaunchConfig:
     """cfg with W_hh held on-chip for the whole launch, in each direction where a program's
     slice fits: batch tiles of 16 rows, at most RESIDENT_MAX_BYTES of W_hh and chunks of at
     most RESIDENT_MAX_CHUNK_ROWS rows (registers), the slice plus the step's operand (16 rows
-    of the exchanged state over all of K) within the target's shared memory. The forward's
+    of the exchanged state over all of K) within shared_bytes (the device's opt-in shared
+    memory; None: RESIDENT_SHARED_BYTES of the capability's major). The forward's
     slice: the hidden tile's units, every gate, all of K = HP; the backward's: the same units'
     columns over every gate's rows (K = G*HP; GRU reset_before r, z, and n's rows apart).
     K is padded to a power of two (tensor shapes) and split into at most RESIDENT_CHUNKS
@@ -1045,7 +1058,7 @@ def with_resident_weights(cell: int, H: int, cfg: LaunchConfig, dtype: torch.dty
     elt = 4 if dtype == torch.float32 else 2
     hp = padded_hidden(H, cfg)
     bh = cfg.block_h
-    shared = RESIDENT_SHARED_BYTES[8 if tuple(capability) < (9, 0) else 9]
+    shared = shared_bytes or RESIDENT_SHARED_BYTES[8 if tuple(capability) < (9, 0) else 9]
 
     def fit(k, cols, extra_cols=0, extra_k=0):
         """(chunks, chunk rows) of a K x cols slice (plus one of extra_k x extra_cols beside it,
@@ -1155,7 +1168,9 @@ def _device_info(t: torch.Tensor):
 
 def _config_for(cell, H, B, dtype, t, mode):
     sms, cap = _device_info(t)
-    cfg = choose_config(cell, H, B, dtype, sms, interpreting(), mode, cap)
+    shared = (shared_memory_per_block(t.device.index if t.device.index is not None
+                                      else torch.cuda.current_device()) if t.is_cuda else None)
+    cfg = choose_config(cell, H, B, dtype, sms, interpreting(), mode, cap, shared)
     LOG.debug("%s H=%d B=%d %s: %s", CELL_NAMES[cell], H, B, dtype, cfg)
     return cfg
 

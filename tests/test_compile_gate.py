@@ -178,5 +178,10 @@ def test_launcher_holds_w_hh_where_it_fits(monkeypatch):
     assert pick(C.CELL_RNN_TANH, 2048, 8, bf16, (8, 0)) == ()
     # small H: fewer chunks of at least 16 rows
     assert pick(C.CELL_RNN_TANH, 16, 1, f32) == (1, 16, 1, 16)
+    # a device with less shared memory (consumer Ampere/Ada: about 100 KB a block): H = 512's
+    # 64 + 16 KB forward fits, its backward's 64 + 64 KB and H = 1024's forward do not
+    small = dict(capability=(8, 9), shared_bytes=99 * 1024)
+    assert C.choose_config(C.CELL_LSTM, 512, 8, bf16, 128, **small).resident == (8, 64, 0, 0)
+    assert C.choose_config(C.CELL_LSTM, 1024, 8, bf16, 128, **small).resident == ()
     monkeypatch.setenv("GATEDRNN_TRITON_RESIDENT", "0")
     assert pick(C.CELL_LSTM, 512, 8, bf16) == ()
