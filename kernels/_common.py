@@ -978,7 +978,8 @@ def choose_config(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
     block_k = int(os.environ.get("GATEDRNN_TRITON_BLOCK_K", block_k))
     stages = int(os.environ.get("GATEDRNN_TRITON_STAGES", 3))
     block_b = min(max(_pow2_at_least(B), MIN_DOT_TILE), 64)
-    # (16 at B = 17..64: more batch tiles, so more SMs and W_hh resident; to be timed)
+    # GATEDRNN_TRITON_BLOCK_B=16 at B = 17..64: more batch tiles, so more programs, and W_hh
+    # on-chip (to be timed: perf/gpu_session.sh rnn-resident)
     block_b = int(os.environ.get("GATEDRNN_TRITON_BLOCK_B") or block_b)
     n_btiles = -(-B // block_b)
     h_pad = max(_pow2_at_least(H), MIN_DOT_TILE)
@@ -1159,17 +1160,16 @@ def _empty(*shape, dtype, device):
 
 
 def _device_info(t: torch.Tensor):
-    """(sm_count, capability) of t's device; (1, (9, 0)) on the CPU (interpreter)."""
+    """(sm_count, capability, opt-in shared memory per block) of t's device; (1, (9, 0), None)
+    on the CPU (interpreter)."""
     if t.is_cuda:
-        return device_properties(t.device.index if t.device.index is not None
-                                 else torch.cuda.current_device())
-    return 1, (9, 0)
+        index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+        return device_properties(index) + (shared_memory_per_block(index),)
+    return 1, (9, 0), None
 
 
 def _config_for(cell, H, B, dtype, t, mode):
-    sms, cap = _device_info(t)
-    shared = (shared_memory_per_block(t.device.index if t.device.index is not None
-                                      else torch.cuda.current_device()) if t.is_cuda else None)
+    sms, cap, shared = _device_info(t)
     cfg = choose_config(cell, H, B, dtype, sms, interpreting(), mode, cap, shared)
     LOG.debug("%s H=%d B=%d %s: %s", CELL_NAMES[cell], H, B, dtype, cfg)
     return cfg
