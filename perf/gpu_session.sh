@@ -19,7 +19,7 @@
 #   bash perf/gpu_session.sh lease   # one call for a short lease (15 minutes of device time, the
 #                                    # machine's start included): setup, then what is owed, most
 #                                    # informative first, each part under its own time limit
-#                                    # (about 9 minutes in all)
+#                                    # (9 minutes at most)
 #
 # A fresh device starts bare: run `setup` in the same call as a later stage, e.g.
 #   bash perf/gpu_session.sh setup tests
@@ -98,12 +98,15 @@ for step in "${@:-all}"; do
             ;;
         lease)
             # What a 15-minute lease can hold, most informative first: the install; the device
-            # checks of what no GPU has run yet (W_hh on-chip: oracle and bitwise repeats; the
-            # one-launch gemm mode); the per-step latency with W_hh on-chip and streamed;
-            # resident against streamed with cuDNN beside (B 1 and 8); the rest of the GPU tests.
+            # checks of what no GPU has run yet (W_hh on-chip against the oracle, every cell and
+            # dtype; the bitwise repeats, the one-launch gemm mode's among them); the per-step
+            # latency with W_hh on-chip and streamed; resident against streamed with cuDNN
+            # beside (B 1 and 8). The rest of pytest -m gpu is the `tests` stage's, next lease.
+            # The limits count Triton's compiles (about 1-2 s a kernel configuration there).
             STAGE_TIMEOUT=150 stage install "$PYTHON" -m pip install --no-build-isolation --no-deps -e .
-            STAGE_TIMEOUT=120 stage pytest_gpu_new "$PYTHON" -m pytest -m gpu -x -q -p no:cacheprovider \
-                tests/test_gpu_rnn.py -k "resident or stress"
+            STAGE_TIMEOUT=180 stage pytest_gpu_new "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider \
+                --maxfail=5 tests/test_gpu_rnn.py \
+                -k "test_oracle_resident_weights and not streamed or stress"
             GATEDRNN_TRITON_RESIDENT=1 STAGE_TIMEOUT=45 stage latency_resident "$PYTHON" \
                 perf/bench_rnn.py --gpu --ours-only --no-packed --cells lstm --dtypes bfloat16 \
                 --batches 1 --hiddens 512
@@ -116,8 +119,6 @@ for step in "${@:-all}"; do
                     --dtypes float16,bfloat16,float32 --batches 1,8 --hiddens 512,1024 \
                     --csv "$OUT/rnn_small_batch_$resident.csv"
             done
-            STAGE_TIMEOUT=60 stage pytest_gpu_rest "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider \
-                -k "not resident and not stress"
             grep -h "per-step latency" "$OUT"/latency_*.log
             ;;
         setup|tests|conv|rnn|all) ;;
