@@ -75,8 +75,7 @@ def test_oracle_resident_weights(cell, option, dtype, weights, monkeypatch):
     comparison, streamed (GATEDRNN_TRITON_RESIDENT=0): H = 200 (K padded 208 -> 256, both
     directions resident), then H = 1000 in half types (the forward's 128 KB slice resident,
     the backward's too large: streamed) and H = 250 in float32 (64 KB slices, both resident)."""
-    from importlib import import_module
-    C = import_module(kernel_module("lstm").__name__.rsplit(".", 1)[0] + "._common")
+    C = kernel_module("_common")
     monkeypatch.setenv("GATEDRNN_TRITON_RESIDENT", "1" if weights == "resident" else "0")
     sms, cap = C.device_properties(torch.cuda.current_device())
     tol = TOL[dtype] * (3 if option == "relu" and dtype != torch.float32 else 1)
