@@ -16,9 +16,10 @@ def poisoning() -> bool:
     return os.environ.get("GATEDRNN_POISON_OUTPUTS", "0") == "1"
 
 
-def empty(*shape, dtype: torch.dtype, device) -> torch.Tensor:
-    """torch.empty(*shape, dtype=dtype, device=device), NaN-filled (floating dtypes) when poisoning."""
-    tensor = torch.empty(*shape, dtype=dtype, device=device)
+def empty(*shape, dtype: torch.dtype, device, memory_format=torch.contiguous_format) -> torch.Tensor:
+    """torch.empty(*shape, dtype=dtype, device=device, memory_format=memory_format), NaN-filled
+    (floating dtypes) when poisoning."""
+    tensor = torch.empty(*shape, dtype=dtype, device=device, memory_format=memory_format)
     if poisoning() and tensor.is_floating_point():
         tensor.fill_(float("nan"))
     return tensor

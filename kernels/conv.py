@@ -7,7 +7,8 @@ asymmetric padding (top, bottom, left, right), stride, dilation and groups::
     y[n, o, i, j] = b[o] + sum_{c, kh, kw} w[o, c, kh, kw] * x_pad[n, g(o)*Cg + c, i*sh + kh*dh, j*sw + kw*dw]
 
 Every tensor is read through its strides (NCHW, channels_last or any other layout: no copy);
-outputs are allocated contiguous NCHW, NaN-poisoned under ``GATEDRNN_POISON_OUTPUTS=1``.
+outputs are allocated contiguous NCHW, or channels_last where x or w is channels_last (torch's
+choice) or the NHWC kernels run, NaN-poisoned under ``GATEDRNN_POISON_OUTPUTS=1``.
 Accumulation is float32 for every dtype; float32 dots follow ``torch.backends.cudnn.allow_tf32``
 (as cuDNN convolutions do), "ieee" under the interpreter.
 
@@ -29,6 +30,10 @@ Kernels (dense = tensor-core implicit GEMM, no im2col buffer; Cg = C_in/groups, 
 * ``conv2d_*_direct_kernel``: the same three without tl.dot, for grouped convolutions with
   fewer than 16 channels per group on either side (depthwise, channel multipliers, ResNeXt
   stems): a dot tile (edges >= 16) would waste most of its work there.
+* ``conv2d_*_nhwc_kernel``: the three dense kernels for channels-last tensors (unit channel
+  stride, 16-byte aligned strides, channels per group multiples of 16 bytes' worth): tiles
+  (pixels x channels) read as 16-byte vectors along the channels, pipelined with cp.async, the
+  weight as (C_out, KH, KW, Cg). :func:`conv_layout` picks them (GATEDRNN_TRITON_CONV_LAYOUT).
 
 The bias gradient is a float32 torch sum of grad_y (deterministic on CUDA).
 
@@ -39,10 +44,14 @@ list for sm_80/sm_90; compile it without ``maxnreg``, as the launchers do), and
 
 Known limits (no GPU was available when this was written; nothing here is measured on one):
 
-* Gathered tiles are read through runtime strides with integer specialisation off (so that a
-  launch compiles exactly what the gate checked), hence element by element: no vector loads
-  and no cp.async pipelining. A channels_last variant with a unit channel stride as a
-  constexpr (vectorised K loads) is the obvious next step for speed.
+* The strided kernels' gathered tiles are read through runtime strides with integer
+  specialisation off (so that a launch compiles exactly what the gate checked), hence element
+  by element: no vector loads and no cp.async pipelining. The NHWC kernels are the fast path;
+  whether copying NCHW tensors to channels_last for them pays (GATEDRNN_TRITON_CONV_LAYOUT=nhwc)
+  is for a GPU run to say.
+* float32 TF32 dots want K-major operands: the NHWC weight gradient's (both operands run along
+  channels, the reduction along pixels) and the input gradient's weight tile are copied 4 bytes
+  at a time to transpose them (16-bit types take either order).
 * One sample (one N index) must have < 2**31 elements (strides are int32; the batch offset is
   int64, so whole tensors may be larger).
 * ``PIXELS_LAST`` is chosen from the Triton version (see ``_gather_tile``); only 3.6 and 3.9
@@ -53,6 +62,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -207,6 +217,39 @@ def _first_tap(phase, pad, stride, dil, K, step):
     return first, count
 
 
+@triton.jit
+def _phase_pixels(pid_m, phase, M_phase, H_phase, W_phase, H, W, stride_h, stride_w, pad_top, pad_left,
+                  dil_h, dil_w, KH, KW, step_h, step_w, BLOCK_M: tl.constexpr):
+    """The input gradient's pixel tile pid_m of one stride phase (ph, pw), pixel (ph + stride_h*t,
+    pw + stride_w*u), and the taps that reach the phase: (n, th, tw, ih, iw, m_ok, ph, pw,
+    kh_first, n_kh, kw_first, n_kw) (see _first_tap)."""
+    ph = phase // stride_w
+    pw = phase - ph * stride_w
+    kh_first, n_kh = _first_tap(ph, pad_top, stride_h, dil_h, KH, step_h)
+    kw_first, n_kw = _first_tap(pw, pad_left, stride_w, dil_w, KW, step_w)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n, th, tw = _unflatten(offs_m, W_phase, H_phase)
+    ih = ph + th * stride_h
+    iw = pw + tw * stride_w
+    m_ok = (offs_m < M_phase) & (ih < H) & (iw < W)
+    return n, th, tw, ih, iw, m_ok, ph, pw, kh_first, n_kh, kw_first, n_kw
+
+
+@triton.jit
+def _phase_tap(tap, ph, pw, kh_first, kw_first, n_kw, step_h, step_w, stride_h, stride_w, pad_top, pad_left,
+               dil_h, dil_w, KH, KW):
+    """(kh, kw, dh, dw) of the tap-th tap reaching phase (ph, pw): through it, input pixel
+    (ph + stride_h*t, pw + stride_w*u) receives output pixel (t + dh, u + dw)."""
+    i_h = tap // n_kw
+    kh = kh_first + i_h * step_h
+    kw = kw_first + (tap - i_h * n_kw) * step_w
+    # oh = (ih + pad - kh*dil) / stride = t + (ph + pad - kh*dil) / stride, exact in this phase;
+    # the shifts keep the dividends non-negative (C-style // rounds towards zero).
+    dh = (ph + pad_top + stride_h * KH * dil_h - kh * dil_h) // stride_h - KH * dil_h
+    dw = (pw + pad_left + stride_w * KW * dil_w - kw * dil_w) // stride_w - KW * dil_w
+    return kh, kw, dh, dw
+
+
 @_jit_unspecialized
 def conv2d_input_grad_kernel(
         gy_ptr, w_ptr, gx_ptr,
@@ -218,19 +261,11 @@ def conv2d_input_grad_kernel(
     """grad_x tile (BLOCK_N input channels of one group) x (BLOCK_M input pixels of one stride
     phase). grid = (cdiv(N*H_phase*W_phase, BLOCK_M), groups*n_ctiles, stride_h*stride_w),
     H_phase = cdiv(H, stride_h): pixel (ph + stride_h*t, pw + stride_w*u) of phase (ph, pw)."""
-    pid_m = tl.program_id(0)
     group = tl.program_id(1) // n_ctiles
     pid_n = tl.program_id(1) - group * n_ctiles
-    phase = tl.program_id(2)
-    ph = phase // stride_w
-    pw = phase - ph * stride_w
-    kh_first, n_kh = _first_tap(ph, pad_top, stride_h, dil_h, KH, step_h)
-    kw_first, n_kw = _first_tap(pw, pad_left, stride_w, dil_w, KW, step_w)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n, th, tw = _unflatten(offs_m, W_phase, H_phase)
-    ih = ph + th * stride_h
-    iw = pw + tw * stride_w
-    m_ok = (offs_m < M_phase) & (ih < H) & (iw < W)
+    n, th, tw, ih, iw, m_ok, ph, pw, kh_first, n_kh, kw_first, n_kw = _phase_pixels(
+        tl.program_id(0), tl.program_id(2), M_phase, H_phase, W_phase, H, W, stride_h, stride_w, pad_top, pad_left,
+        dil_h, dil_w, KH, KW, step_h, step_w, BLOCK_M)
     gy_pix = gy_ptr + n.to(tl.int64) * sgn
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < C_group
@@ -239,20 +274,11 @@ def conv2d_input_grad_kernel(
     zero_k = tl.zeros((BLOCK_K,), dtype=tl.int32)
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     n_oblocks = tl.cdiv(C_out_group, BLOCK_K)
-    # Shifts that make the divisions below exact on non-negative numbers (C-style // and %
-    # on negatives would round towards zero).
-    shift_h = stride_h * KH * dil_h
-    shift_w = stride_w * KW * dil_w
     for it in range(0, n_kh * n_kw * n_oblocks):
         tap = it // n_oblocks
-        o0 = (it - tap * n_oblocks) * BLOCK_K
-        i_h = tap // n_kw
-        kh = kh_first + i_h * step_h
-        kw = kw_first + (tap - i_h * n_kw) * step_w
-        # oh = (ih + pad - kh*dil) / stride = th + (ph + pad - kh*dil) / stride, exact in this phase.
-        dh = (ph + pad_top + shift_h - kh * dil_h) // stride_h - KH * dil_h
-        dw = (pw + pad_left + shift_w - kw * dil_w) // stride_w - KW * dil_w
-        out_in_group = o0 + offs_k
+        kh, kw, dh, dw = _phase_tap(tap, ph, pw, kh_first, kw_first, n_kw, step_h, step_w, stride_h, stride_w,
+                                    pad_top, pad_left, dil_h, dil_w, KH, KW)
+        out_in_group = (it - tap * n_oblocks) * BLOCK_K + offs_k
         o_ok = out_in_group < C_out_group
         out_channel = group * C_out_group + out_in_group
         gyt = _gather_tile(gy_pix, out_channel * sgc, zero_k + dh, zero_k + dw, o_ok, th, tw, m_ok, sgh, sgw,
@@ -436,6 +462,187 @@ def conv2d_weight_grad_direct_kernel(
 
 
 # ----------------------------------------------------------------------------------------------
+# Channels-last (NHWC) dense kernels
+# ----------------------------------------------------------------------------------------------
+# For channels_last tensors whose channels per group are multiples of VEC (16 bytes of
+# elements), which the launcher checks (see nhwc_eligible): every tile is read along its
+# channels, which are contiguous, from rows that start on 16-byte boundaries. The kernels take
+# the strides and channel counts as multiples of VEC (arguments ``*_v`` = value / VEC, scaled
+# back by the constexpr VEC, so the compiler's alignment analysis sees the factor; the integer
+# arguments stay unspecialised, as above), so a thread loads 16-byte vectors and the pipeliner
+# can copy them asynchronously (cp.async) into shared memory: the strided kernels above issue
+# one load per element through a 64-bit address each and cannot use cp.async for 16-bit types.
+# Tiles are (pixels x channels), channels last, so stores run along channels too.
+# The weight is read as (C_out, KH, KW, Cg) contiguous ("OHWI", channels_last's order: the
+# launcher's permuted copy, none when the weight is channels_last already): contiguous along
+# input channels, as the forward's (out channels x in channels) tile, transposed into its dot,
+# and the input gradient's (out channels x in channels) tile both want.
+
+
+@_jit_unspecialized
+def conv2d_forward_nhwc_kernel(
+        x_ptr, w_ptr, bias_ptr, y_ptr,
+        H, W, H_out, W_out, M, C_group_v, C_out_group_v,
+        stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, KH, KW,
+        sxn_v, sxh_v, sxw_v, syn_v, syh_v, syw_v,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, VEC: tl.constexpr,
+        PRECISION: tl.constexpr):
+    """y tile (BLOCK_M output pixels) x (BLOCK_N output channels of one group); x and y have a
+    unit channel stride, w is (C_out, KH, KW, Cg) contiguous.
+    grid = (cdiv(N*H_out*W_out, BLOCK_M), cdiv(Cog, BLOCK_N), groups)."""
+    C_group = C_group_v * VEC
+    C_out_group = C_out_group_v * VEC
+    sxn = sxn_v * VEC
+    sxh = sxh_v * VEC
+    sxw = sxw_v * VEC
+    syn = syn_v * VEC
+    syh = syh_v * VEC
+    syw = syw_v * VEC
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    group = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    m_ok = offs_m < M
+    n, oh, ow = _unflatten(offs_m, W_out, H_out)
+    ih0 = oh * stride_h - pad_top
+    iw0 = ow * stride_w - pad_left
+    x_pix = x_ptr + n.to(tl.int64) * sxn + group * C_group
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < C_out_group
+    out_channel = group * C_out_group + offs_n
+    taps = KH * KW
+    w_rows = w_ptr + out_channel * (taps * C_group)
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # One loop over (tap, channel block), as in conv2d_forward_kernel.
+    n_cblocks = tl.cdiv(C_group, BLOCK_K)
+    for it in range(0, taps * n_cblocks):
+        tap = it // n_cblocks
+        cs = (it - tap * n_cblocks) * BLOCK_K + offs_k
+        c_ok = cs < C_group
+        kh = tap // KW
+        ih = ih0 + kh * dil_h
+        iw = iw0 + (tap - kh * KW) * dil_w
+        pix_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        xt = tl.load(x_pix[:, None] + (ih * sxh + iw * sxw)[:, None] + cs[None, :],
+                     mask=pix_ok[:, None] & c_ok[None, :], other=0.0)
+        wt = tl.load(w_rows[:, None] + (tap * C_group + cs)[None, :], mask=n_ok[:, None] & c_ok[None, :], other=0.0)
+        acc = tl.dot(xt, tl.trans(wt), acc, input_precision=PRECISION)
+    acc += tl.load(bias_ptr + out_channel, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    y_pix = y_ptr + n.to(tl.int64) * syn + oh * syh + ow * syw
+    tl.store(y_pix[:, None] + out_channel[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+@_jit_unspecialized
+def conv2d_input_grad_nhwc_kernel(
+        gy_ptr, w_ptr, gx_ptr,
+        H, W, H_out, W_out, M_phase, H_phase, W_phase, C_group_v, C_out_group_v,
+        stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, KH, KW, step_h, step_w, n_ctiles,
+        sgn_v, sgh_v, sgw_v, sxn_v, sxh_v, sxw_v,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, VEC: tl.constexpr,
+        PRECISION: tl.constexpr):
+    """grad_x tile (BLOCK_M input pixels of one stride phase) x (BLOCK_N input channels of one
+    group), as conv2d_input_grad_kernel (same phases and taps) with grad_y and grad_x of unit
+    channel stride and w (C_out, KH, KW, Cg) contiguous.
+    grid = (cdiv(N*H_phase*W_phase, BLOCK_M), groups*n_ctiles, stride_h*stride_w)."""
+    C_group = C_group_v * VEC
+    C_out_group = C_out_group_v * VEC
+    sgn = sgn_v * VEC
+    sgh = sgh_v * VEC
+    sgw = sgw_v * VEC
+    sxn = sxn_v * VEC
+    sxh = sxh_v * VEC
+    sxw = sxw_v * VEC
+    group = tl.program_id(1) // n_ctiles
+    pid_n = tl.program_id(1) - group * n_ctiles
+    n, th, tw, ih, iw, m_ok, ph, pw, kh_first, n_kh, kw_first, n_kw = _phase_pixels(
+        tl.program_id(0), tl.program_id(2), M_phase, H_phase, W_phase, H, W, stride_h, stride_w, pad_top, pad_left,
+        dil_h, dil_w, KH, KW, step_h, step_w, BLOCK_M)
+    gy_pix = gy_ptr + n.to(tl.int64) * sgn + group * C_out_group
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < C_group
+    taps = KH * KW
+    w_cols = w_ptr + group * C_out_group * (taps * C_group) + offs_n
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    n_oblocks = tl.cdiv(C_out_group, BLOCK_K)
+    for it in range(0, n_kh * n_kw * n_oblocks):
+        tap = it // n_oblocks
+        kh, kw, dh, dw = _phase_tap(tap, ph, pw, kh_first, kw_first, n_kw, step_h, step_w, stride_h, stride_w,
+                                    pad_top, pad_left, dil_h, dil_w, KH, KW)
+        out_in_group = (it - tap * n_oblocks) * BLOCK_K + offs_k
+        o_ok = out_in_group < C_out_group
+        oh = th + dh
+        ow = tw + dw
+        pix_ok = m_ok & (oh >= 0) & (oh < H_out) & (ow >= 0) & (ow < W_out)
+        gyt = tl.load(gy_pix[:, None] + (oh * sgh + ow * sgw)[:, None] + out_in_group[None, :],
+                      mask=pix_ok[:, None] & o_ok[None, :], other=0.0)
+        wt = tl.load(w_cols[None, :] + ((out_in_group * taps + kh * KW + kw) * C_group)[:, None],
+                     mask=o_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = tl.dot(gyt, wt, acc, input_precision=PRECISION)
+    gx_pix = gx_ptr + n.to(tl.int64) * sxn + ih * sxh + iw * sxw
+    tl.store(gx_pix[:, None] + (group * C_group + offs_n)[None, :], acc.to(gx_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+@_jit_unspecialized
+def conv2d_weight_grad_nhwc_kernel(
+        gy_ptr, x_ptr, partial_ptr,
+        H, W, H_out, W_out, P, pixels_per_split, C_group_v, C_out_group_v, C_out, n_ctiles,
+        stride_h, stride_w, pad_top, pad_left, dil_h, dil_w, KH, KW,
+        sgn_v, sgh_v, sgw_v, sxn_v, sxh_v, sxw_v,
+        BLOCK_O: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, VEC: tl.constexpr,
+        PRECISION: tl.constexpr):
+    """Partial grad_w tile (BLOCK_O output channels) x (BLOCK_C input channels of one tap) over
+    one chunk of pixels, grad_y and x of unit channel stride.
+    grid = (KH*KW*n_ctiles, groups*cdiv(Cog, BLOCK_O), SPLIT); partial: float32
+    (SPLIT, C_out, KH, KW, Cg) contiguous (the weight's OHWI order)."""
+    C_group = C_group_v * VEC
+    C_out_group = C_out_group_v * VEC
+    sgn = sgn_v * VEC
+    sgh = sgh_v * VEC
+    sgw = sgw_v * VEC
+    sxn = sxn_v * VEC
+    sxh = sxh_v * VEC
+    sxw = sxw_v * VEC
+    pid_col = tl.program_id(0)
+    n_otiles = tl.cdiv(C_out_group, BLOCK_O)
+    group = tl.program_id(1) // n_otiles
+    pid_o = tl.program_id(1) - group * n_otiles
+    split = tl.program_id(2)
+    tap = pid_col // n_ctiles
+    kh = tap // KW
+    kw = tap - kh * KW
+    offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    o_ok = offs_o < C_out_group
+    out_channel = group * C_out_group + offs_o
+    offs_c = (pid_col - tap * n_ctiles) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = offs_c < C_group
+    in_channel = group * C_group + offs_c
+    p_begin = split * pixels_per_split
+    p_end = tl.minimum(p_begin + pixels_per_split, P)
+    offs_p = tl.arange(0, BLOCK_P)
+    acc = tl.zeros((BLOCK_O, BLOCK_C), dtype=tl.float32)
+    for p0 in range(p_begin, p_end, BLOCK_P):
+        ps = p0 + offs_p
+        p_ok = ps < p_end
+        n, oh, ow = _unflatten(ps, W_out, H_out)
+        n64 = n.to(tl.int64)
+        gy = tl.load((gy_ptr + n64 * sgn + oh * sgh + ow * sgw)[:, None] + out_channel[None, :],
+                     mask=p_ok[:, None] & o_ok[None, :], other=0.0)
+        ih = oh * stride_h - pad_top + kh * dil_h
+        iw = ow * stride_w - pad_left + kw * dil_w
+        x_ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        xt = tl.load((x_ptr + n64 * sxn + ih * sxh + iw * sxw)[:, None] + in_channel[None, :],
+                     mask=x_ok[:, None] & c_ok[None, :], other=0.0)
+        acc = tl.dot(tl.trans(gy), xt, acc, input_precision=PRECISION)
+    row = split.to(tl.int64) * C_out + out_channel
+    tl.store(partial_ptr + (row * (KH * KW * C_group) + tap * C_group)[:, None] + offs_c[None, :], acc,
+             mask=o_ok[:, None] & c_ok[None, :])
+
+
+# ----------------------------------------------------------------------------------------------
 # Configuration: the one place that picks kernels and tiles
 # ----------------------------------------------------------------------------------------------
 # tl.dot needs tile edges >= 16; below 16 channels per group on either GEMM side a grouped conv
@@ -484,7 +691,7 @@ class KernelConfig:
     """One compile of one kernel: its name, tile constexprs (dtype-independent), warps, stages."""
 
     kernel: str
-    tiles: tuple  # ((constexpr name, value), ...) without PRECISION and PIXELS_LAST
+    tiles: tuple  # ((constexpr name, value), ...) without PRECISION and PIXELS_LAST (VEC included)
     num_warps: int
     num_stages: int
 
@@ -492,7 +699,8 @@ class KernelConfig:
         out = dict(self.tiles)
         if "direct" not in self.kernel:
             out["PRECISION"] = precision
-        out["PIXELS_LAST"] = PIXELS_LAST
+        if "nhwc" not in self.kernel:   # the NHWC kernels' tiles are laid out by their contiguity
+            out["PIXELS_LAST"] = PIXELS_LAST
         return out
 
 
@@ -511,13 +719,53 @@ def uses_direct_kernels(groups: int, c_group: int, c_out_group: int) -> bool:
     return groups > 1 and min(c_group, c_out_group) < MIN_DOT_TILE
 
 
+# --- channels-last (NHWC) kernels ---
+# Elements in 16 bytes: the vector width of their loads and stores, and what every channel count
+# per group and every stride must be a multiple of.
+VEC = {torch.float32: 4, torch.bfloat16: 8, torch.float16: 8}
+# Tiles, all checked by the compile gate (Triton 3.6 and 3.9, sm_80 and sm_90, no spills); the
+# register figures are Triton 3.9's (sm_80 / sm_90), from perf/compile_report.py:
+# - forward / input gradient, 16-bit: 128 pixels x (32, 64 or 128 channels: the next power of
+#   two of the channels per group) x 64-channel reduction steps (128 B rows), 8 warps (4 at
+#   32 channels): 186/124 registers at 128 x 128. At 4 warps 128 x 64 took 255 + 16 B of stack
+#   (sm_80).
+# - float32 (TF32 or "ieee", which runs its dots on FMA units with the operands in registers,
+#   so it sets the limits): 128 x 64 at 8 warps; forward 32-channel steps (ieee 212/158
+#   registers; 128 x 128 spilled 16 B on sm_80), input gradient 16-channel steps (at 32, ptxas
+#   held TF32 at 128 registers and spilled 8 B, sm_80).
+# - weight gradient: 64 out x 64 in channels x 64 pixels (16-bit) / 32 (float32), 4 warps
+#   (79..217 registers); the pixel reduction is split over programs as in the strided kernel.
+NHWC_BLOCK_PIXELS = 128
+NHWC_BLOCK_REDUCE = {torch.float32: 32, torch.bfloat16: 64, torch.float16: 64}
+NHWC_INPUT_GRAD_REDUCE_FP32 = 16
+NHWC_WGRAD_TILE = 64
+NHWC_WGRAD_PIXELS = {torch.float32: 32, torch.bfloat16: 64, torch.float16: 64}
+# 3 stages: at most 3 x (128 x 64 + 128 x 64) x 2 B = 96 KB of shared memory (sm_90's wgmma
+# layouts; 64 KB on sm_80), inside both targets' limits.
+NHWC_STAGES = 3
+
+
+def nhwc_channels_ok(groups: int, c_group: int, c_out_group: int, dtype: torch.dtype) -> bool:
+    """Whether the channel counts allow the NHWC kernels: dense dots (>= 16 channels per group
+    on both sides) and every group's channels starting on a 16-byte boundary."""
+    vec = VEC.get(dtype)
+    return (vec is not None and min(c_group, c_out_group) >= MIN_DOT_TILE
+            and c_group % vec == 0 and c_out_group % vec == 0)
+
+
 def choose_configs(c_group: int, c_out_group: int, groups: int, dtype: torch.dtype,
-                   capability: tuple = (9, 0)) -> dict:
+                   capability: tuple = (9, 0), layout: str = "strided") -> dict:
     """{"forward", "input_grad", "weight_grad"} -> KernelConfig for a conv with Cg input and Cog
-    output channels per group. Depends only on channel counts per group (through powers of two
-    and the 16-channel threshold), groups > 1 and the dtype; every choice fits sm_80 and sm_90,
-    so ``capability`` does not change it today (kept for the gate's interface)."""
+    output channels per group, for the strided kernels (``layout="strided"``: any strides) or the
+    channels-last ones (``"nhwc"``: channel counts as :func:`nhwc_channels_ok` says). Depends only
+    on channel counts per group (through powers of two and the 16-channel threshold), groups > 1,
+    the dtype and the layout; every choice fits sm_80 and sm_90, so ``capability`` does not change
+    it today (kept for the gate's interface)."""
     del capability
+    if layout == "nhwc":
+        return _nhwc_configs(c_group, c_out_group, dtype)
+    if layout != "strided":
+        raise ValueError(f"layout must be 'strided' or 'nhwc', got {layout!r}")
     if uses_direct_kernels(groups, c_group, c_out_group):
         tiles = (("BLOCK_M", DIRECT_BLOCK_PIXELS), ("BLOCK_N", DIRECT_BLOCK_CHANNELS))
         return {
@@ -565,6 +813,28 @@ def choose_configs(c_group: int, c_out_group: int, groups: int, dtype: torch.dty
     }
 
 
+def _nhwc_configs(c_group: int, c_out_group: int, dtype: torch.dtype) -> dict:
+    if not nhwc_channels_ok(2, c_group, c_out_group, dtype):
+        raise ValueError(f"no NHWC kernels for {c_group} -> {c_out_group} channels per group in {dtype}")
+    vec = VEC[dtype]
+    half = dtype != torch.float32
+
+    def dense(kernel, channels, reduce):
+        block_n = min(128, _channel_tile(channels)) if half else 64
+        tiles = (("BLOCK_M", NHWC_BLOCK_PIXELS), ("BLOCK_N", block_n), ("BLOCK_K", reduce), ("VEC", vec))
+        return KernelConfig(kernel, tiles, 4 if block_n == 32 else 8, NHWC_STAGES)
+
+    return {
+        "forward": dense("conv2d_forward_nhwc_kernel", c_out_group, NHWC_BLOCK_REDUCE[dtype]),
+        "input_grad": dense("conv2d_input_grad_nhwc_kernel", c_group,
+                            NHWC_BLOCK_REDUCE[dtype] if half else NHWC_INPUT_GRAD_REDUCE_FP32),
+        "weight_grad": KernelConfig(
+            "conv2d_weight_grad_nhwc_kernel",
+            (("BLOCK_O", NHWC_WGRAD_TILE), ("BLOCK_C", NHWC_WGRAD_TILE), ("BLOCK_P", NHWC_WGRAD_PIXELS[dtype]),
+             ("VEC", vec)), 4, NHWC_STAGES),
+    }
+
+
 # Channel counts that reach every branch of choose_configs: both sides of the 16 threshold and
 # every power-of-two bucket of _channel_tile.
 _CHANNEL_CLASSES = (1, 3, 15, 16, 17, 32, 33, 64, 65, 128, 129, 2048)
@@ -589,8 +859,12 @@ def gate_configs(capability: int) -> list:
         for groups in (1, 2):
             for c_group in _CHANNEL_CLASSES:
                 for c_out_group in _CHANNEL_CLASSES:
-                    configs = choose_configs(c_group, c_out_group, groups, dtype, (capability // 10, capability % 10))
-                    for cfg in configs.values():
+                    configs = list(choose_configs(c_group, c_out_group, groups, dtype,
+                                                  (capability // 10, capability % 10)).values())
+                    if nhwc_channels_ok(groups, c_group, c_out_group, dtype):
+                        configs += choose_configs(c_group, c_out_group, groups, dtype,
+                                                  (capability // 10, capability % 10), "nhwc").values()
+                    for cfg in configs:
                         # The direct kernels have no dot, hence no PRECISION variants.
                         for precision in (_precisions(dtype) if "direct" not in cfg.kernel else ("ieee",)):
                             seen.setdefault((tt, precision, cfg), None)
@@ -643,13 +917,51 @@ class Launch(NamedTuple):
         return {} if interpreting() else {"num_warps": self.num_warps, "num_stages": self.num_stages}
 
 
-def launch_plan(x: torch.Tensor, w: torch.Tensor, groups: int, which: str, capability=None) -> Launch:
+# GATEDRNN_TRITON_CONV_LAYOUT: "auto" (default): the NHWC kernels wherever x already has a unit
+# channel stride and aligned strides (channels_last tensors), the strided kernels elsewhere;
+# "strided": never the NHWC kernels; "nhwc": also for other layouts, copying x (and grad_y) to
+# channels_last first, an extra pass over them, which a GPU run has yet to weigh against the
+# strided kernels' element-by-element loads (perf/bench_conv.py --gpu measures both).
+LAYOUTS = ("auto", "strided", "nhwc")
+
+
+def nhwc_strides_ok(t: torch.Tensor) -> bool:
+    """Whether t (N, C, H, W) can be read by the NHWC kernels as it is: unit channel stride, the
+    other strides and the start multiples of 16 bytes, every stride / VEC within int32."""
+    vec = VEC.get(t.dtype)
+    if vec is None or (t.stride(1) != 1 and t.shape[1] > 1):
+        return False
+    start = t.storage_offset() * t.element_size() if t.device.type == "meta" else t.data_ptr()
+    return start % 16 == 0 and all(s % vec == 0 and 0 <= s // vec < 2 ** 31 for s in _nhwc_strides(t))
+
+
+def _nhwc_strides(t: torch.Tensor) -> tuple:
+    """(batch, row, column) strides of t (N, C, H, W), 0 for a dimension of size 1 (its index is
+    always 0; torch leaves any stride there, e.g. 1 in a channels_last (N, C, 1, 1))."""
+    return tuple(t.stride(d) if t.shape[d] > 1 else 0 for d in (0, 2, 3))
+
+
+def conv_layout(x: torch.Tensor, w: torch.Tensor, groups: int) -> str:
+    """"nhwc" or "strided": which kernels run a conv of x (N, C_in, H, W) by w (C_out, C_in/groups,
+    KH, KW), following GATEDRNN_TRITON_CONV_LAYOUT (see LAYOUTS)."""
+    mode = os.environ.get("GATEDRNN_TRITON_CONV_LAYOUT", "auto")
+    if mode not in LAYOUTS:
+        raise ValueError(f"GATEDRNN_TRITON_CONV_LAYOUT must be one of {LAYOUTS}, got {mode!r}")
+    if mode == "strided" or not nhwc_channels_ok(groups, w.shape[1], w.shape[0] // groups, x.dtype):
+        return "strided"
+    return "nhwc" if mode == "nhwc" or nhwc_strides_ok(x) else "strided"
+
+
+def launch_plan(x: torch.Tensor, w: torch.Tensor, groups: int, which: str, capability=None,
+                layout=None) -> Launch:
     """What the launcher of ``which`` ("forward", "input_grad", "weight_grad") compiles for
     x (N, C_in, H, W) and w (C_out, C_in/groups, KH, KW): the launchers call this, so the tests
-    can hold it against :func:`gate_configs`. ``capability`` overrides x's device's."""
+    can hold it against :func:`gate_configs`. ``capability`` overrides x's device's, ``layout``
+    the choice of :func:`conv_layout`."""
     if capability is None:
         capability = _device_info(x)[1]
-    cfg = choose_configs(w.shape[1], w.shape[0] // groups, groups, x.dtype, capability)[which]
+    layout = layout or conv_layout(x, w, groups)
+    cfg = choose_configs(w.shape[1], w.shape[0] // groups, groups, x.dtype, capability, layout)[which]
     return Launch(cfg.kernel, cfg.constexprs(dot_precision(x.dtype)), cfg.num_warps, cfg.num_stages)
 
 
@@ -670,21 +982,61 @@ def _geometry(x, w, stride, padding, dilation):
     return H, W, H_out, W_out, conv
 
 
+def _output_format(x: torch.Tensor, w: torch.Tensor, layout: str) -> torch.memory_format:
+    """Layout of y and grad_x: channels_last where the NHWC kernels run or where torch's conv2d
+    would return it (x or w channels_last: the op layer's rule, see gatedrnn/ops/conv.py), so
+    that the op does not copy what the strided kernels can write in place."""
+    def channels_last(t):
+        return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    if layout == "nhwc" or channels_last(x) or channels_last(w):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _as_nhwc(t: torch.Tensor) -> torch.Tensor:
+    """t as the NHWC kernels read it: itself where it already can be (nhwc_strides_ok), else a
+    channels_last copy (a fresh allocation: aligned, whatever t's offset)."""
+    return t if nhwc_strides_ok(t) else t.clone(memory_format=torch.channels_last)
+
+
+def _nhwc_arguments(*tensors) -> tuple:
+    """The kernels' ``s*_v`` arguments: each tensor's (batch, row, column) strides / VEC."""
+    vec = VEC[tensors[0].dtype]
+    return tuple(s // vec for t in tensors for s in _nhwc_strides(t))
+
+
+def _ohwi(w: torch.Tensor) -> torch.Tensor:
+    """w (C_out, Cg, KH, KW) as the NHWC kernels read it: (C_out, KH, KW, Cg) contiguous and
+    16-byte aligned (a view of a channels_last weight, else a copy)."""
+    packed = w.permute(0, 2, 3, 1).contiguous()
+    return packed if packed.data_ptr() % 16 == 0 else packed.clone()
+
+
 def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     """x (N, C_in, H, W), w (C_out, C_in/groups, KH, KW), b (C_out,) or None; stride/dilation
-    (h, w), padding (top, bottom, left, right) -> y (N, C_out, H_out, W_out), contiguous."""
+    (h, w), padding (top, bottom, left, right) -> y (N, C_out, H_out, W_out): channels_last where
+    the NHWC kernels run (:func:`conv_layout`), else contiguous."""
     N = x.shape[0]
     C_out, C_group = w.shape[0], w.shape[1]
     C_out_group = C_out // groups
     H, W, H_out, W_out, conv = _geometry(x, w, stride, padding, dilation)
-    y = empty(N, C_out, H_out, W_out, dtype=x.dtype, device=x.device)
+    layout = conv_layout(x, w, groups)
+    y = empty(N, C_out, H_out, W_out, dtype=x.dtype, device=x.device, memory_format=_output_format(x, w, layout))
     if y.numel() == 0:
         return y
     # The kernels read the bias with unit stride (a strided view is copied: C_out values).
     bias = b.contiguous() if b is not None else torch.zeros(C_out, dtype=x.dtype, device=x.device)
-    plan = launch_plan(x, w, groups, "forward")
+    plan = launch_plan(x, w, groups, "forward", layout=layout)
     meta = plan.constexprs
     M = N * H_out * W_out
+    if layout == "nhwc":
+        vec = VEC[x.dtype]
+        x = _as_nhwc(x)
+        grid = (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(C_out_group, meta["BLOCK_N"]), groups)
+        conv2d_forward_nhwc_kernel[grid](x, _ohwi(w), bias, y, H, W, H_out, W_out, M, C_group // vec,
+                                         C_out_group // vec, *conv, *_nhwc_arguments(x, y), **meta,
+                                         **plan.options())
+        return y
     strides = (*x.stride(), *w.stride(), *y.stride())
     if plan.kernel == "conv2d_forward_direct_kernel":
         grid = (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(C_out, meta["BLOCK_N"]))
@@ -702,9 +1054,12 @@ def _input_grad(grad_y, x, w, stride, padding, dilation, groups):
     C_out, C_group = w.shape[0], w.shape[1]
     C_out_group = C_out // groups
     H, W, H_out, W_out, conv = _geometry(x, w, stride, padding, dilation)
-    grad_x = empty(*x.shape, dtype=x.dtype, device=x.device)
-    plan = launch_plan(x, w, groups, "input_grad")
+    layout = conv_layout(x, w, groups)
+    grad_x = empty(*x.shape, dtype=x.dtype, device=x.device, memory_format=_output_format(x, w, layout))
+    plan = launch_plan(x, w, groups, "input_grad", layout=layout)
     meta = plan.constexprs
+    if layout == "nhwc":
+        grad_y = _as_nhwc(grad_y)
     strides = (*grad_y.stride(), *w.stride(), *grad_x.stride())
     if plan.kernel == "conv2d_input_grad_direct_kernel":
         M = N * H * W
@@ -719,6 +1074,13 @@ def _input_grad(grad_y, x, w, stride, padding, dilation, groups):
     step_h, step_w = sh // math.gcd(sh, dilation[0]), sw // math.gcd(sw, dilation[1])
     n_ctiles = triton.cdiv(C_group, meta["BLOCK_N"])
     grid = (triton.cdiv(M_phase, meta["BLOCK_M"]), groups * n_ctiles, sh * sw)
+    if layout == "nhwc":
+        vec = VEC[x.dtype]
+        conv2d_input_grad_nhwc_kernel[grid](
+            grad_y, _ohwi(w), grad_x, H, W, H_out, W_out, M_phase, H_phase, W_phase, C_group // vec,
+            C_out_group // vec, *conv, step_h, step_w, n_ctiles, *_nhwc_arguments(grad_y, grad_x), **meta,
+            **plan.options())
+        return grad_x
     conv2d_input_grad_kernel[grid](grad_y, w, grad_x, H, W, H_out, W_out, M_phase, H_phase, W_phase, C_group,
                                    C_out_group, *conv, step_h, step_w, n_ctiles, *strides, **meta,
                                    **plan.options())
@@ -742,9 +1104,23 @@ def _weight_grad(grad_y, x, w, stride, padding, dilation, groups):
     H, W, H_out, W_out, conv = _geometry(x, w, stride, padding, dilation)
     P = N * H_out * W_out
     columns = C_group * KH * KW
-    plan = launch_plan(x, w, groups, "weight_grad")
+    layout = conv_layout(x, w, groups)
+    plan = launch_plan(x, w, groups, "weight_grad", layout=layout)
     meta = plan.constexprs
     sm_count = _device_info(x)[0]
+    if layout == "nhwc":
+        vec = VEC[x.dtype]
+        grad_y, x = _as_nhwc(grad_y), _as_nhwc(x)
+        n_ctiles = triton.cdiv(C_group, meta["BLOCK_C"])
+        row_tiles = groups * triton.cdiv(C_out_group, meta["BLOCK_O"])
+        split, per_split = _split_pixels(P, meta["BLOCK_P"], KH * KW * n_ctiles * row_tiles, sm_count)
+        partial = empty(split, C_out, KH, KW, C_group, dtype=torch.float32, device=x.device)
+        conv2d_weight_grad_nhwc_kernel[(KH * KW * n_ctiles, row_tiles, split)](
+            grad_y, x, partial, H, W, H_out, W_out, P, per_split, C_group // vec, C_out_group // vec, C_out,
+            n_ctiles, *conv, *_nhwc_arguments(grad_y, x), **meta, **plan.options())
+        # Fixed-order sum, as below; (C_out, KH, KW, Cg) is the weight's channels_last order.
+        total = partial[0] if split == 1 else partial.sum(dim=0)
+        return total.to(w.dtype).permute(0, 3, 1, 2)
     strides = (*grad_y.stride(), *x.stride())
     if plan.kernel == "conv2d_weight_grad_direct_kernel":
         n_tiles = triton.cdiv(C_out, meta["BLOCK_N"])
@@ -774,11 +1150,14 @@ def _weight_grad(grad_y, x, w, stride, padding, dilation, groups):
 def conv2d_backward(grad_y, x, w, stride, padding, dilation, groups, output_mask):
     """grad_y (N, C_out, H_out, W_out), x, w as in :func:`conv2d_forward`; output_mask =
     (input gradient wanted, weight gradient wanted, bias gradient wanted) -> (grad_x (N, C_in, H, W)
-    | empty (0,), grad_w (C_out, C_in/groups, KH, KW) | empty (0,), grad_b (C_out,) | empty (0,))."""
+    | empty (0,), grad_w (C_out, C_in/groups, KH, KW) | empty (0,), grad_b (C_out,) | empty (0,)).
+    grad_x and grad_w are channels_last where the NHWC kernels run (:func:`conv_layout`)."""
     grad_b = w.new_empty((0,))
     if output_mask[2]:
         grad_b = grad_y.sum(dim=(0, 2, 3), dtype=torch.float32).to(w.dtype)
     empty_grad = grad_y.numel() == 0 or x.numel() == 0
+    if not empty_grad and conv_layout(x, w, groups) == "nhwc":
+        grad_y, x = _as_nhwc(grad_y), _as_nhwc(x)   # once for both gradients
     grad_x = x.new_empty((0,))
     if output_mask[0]:
         grad_x = (torch.zeros_like(x, memory_format=torch.contiguous_format) if empty_grad else

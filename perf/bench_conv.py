@@ -23,12 +23,17 @@ layers holding the same weights.
 
 ``--gpu``: the same shapes at batch 64 (``--batch`` to change) on CUDA, the ``triton`` backend
 against cuDNN in float32 and bfloat16, timed with ``triton.testing.do_bench`` (median).
-float32 runs with TF32 off on both sides unless ``--tf32``.
+float32 runs with TF32 off on both sides unless ``--tf32``. ``--layout nhwc`` (or ``both``) gives
+x, w and grad_y to both sides as channels_last tensors (rows marked NHWC): where the channel
+counts allow, ours then runs its NHWC kernels (16-byte vector loads; see kernels/conv.py), and
+cuDNN its channels_last kernels. ``GATEDRNN_TRITON_CONV_LAYOUT=nhwc`` also runs them on NCHW
+tensors, after copying x and grad_y to channels_last (to weigh that copy).
 
     python perf/bench_conv.py                      # the CPU table
     python perf/bench_conv.py --network            # ... and the whole-network training step
     python perf/bench_conv.py --quick              # a small subset (seconds)
     python perf/bench_conv.py --gpu [--quick]      # Triton vs cuDNN
+    python perf/bench_conv.py --gpu --layout both  # ... on NCHW and channels_last tensors
     python perf/bench_conv.py --json out.json --plot out.png
 """
 from __future__ import annotations
@@ -115,13 +120,14 @@ class Row:
         return dict(asdict(self), ratio=self.ratio, torch_gflops=self.torch_gflops, ours_gflops=self.ours_gflops)
 
 
-def _tensors(shape: Shape, batch: int, dtype: torch.dtype, device: str):
+def _tensors(shape: Shape, batch: int, dtype: torch.dtype, device: str, channels_last: bool = False):
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch, shape.c_in, shape.size, shape.size, generator=generator)
     w = torch.randn(shape.c_out, shape.c_in, shape.kernel, shape.kernel, generator=generator)
     w = w * (2.0 / (shape.c_in * shape.kernel ** 2)) ** 0.5
     grad_y = torch.randn(batch, shape.c_out, shape.out_size(), shape.out_size(), generator=generator)
-    return [t.to(device=device, dtype=dtype) for t in (x, w, grad_y)]
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return [t.to(device=device, dtype=dtype, memory_format=memory_format) for t in (x, w, grad_y)]
 
 
 def _calls(shape: Shape, x, w, grad_y, backend: str):
@@ -237,10 +243,10 @@ def plot(rows: List[Row], path: str, title: str) -> None:
 
 # --- GPU: Triton against cuDNN ---------------------------------------------------------------------
 
-def bench_gpu_shape(shape: Shape, batch: int, dtype: torch.dtype) -> List[Row]:
+def bench_gpu_shape(shape: Shape, batch: int, dtype: torch.dtype, channels_last: bool = False) -> List[Row]:
     from triton.testing import do_bench
 
-    x, w, grad_y = _tensors(shape, batch, dtype, "cuda")
+    x, w, grad_y = _tensors(shape, batch, dtype, "cuda", channels_last)
     rows = []
     for mode, (torch_call, our_call) in _calls(shape, x, w, grad_y, "triton").items():
         # do_bench flushes the L2 between calls and synchronises; alternate the two sides.
@@ -249,12 +255,12 @@ def bench_gpu_shape(shape: Shape, batch: int, dtype: torch.dtype) -> List[Row]:
             torch_ms.append(do_bench(torch_call, warmup=10, rep=50, return_mode="median"))
             ours_ms.append(do_bench(our_call, warmup=10, rep=50, return_mode="median"))
         work = shape.forward_flop(batch) * (1 if mode == "forward" else 3) / 1e9
-        rows.append(Row(shape.name, mode, batch, str(dtype).replace("torch.", ""),
-                        statistics.median(torch_ms), statistics.median(ours_ms), work))
+        label = str(dtype).replace("torch.", "") + (" NHWC" if channels_last else "")
+        rows.append(Row(shape.name, mode, batch, label, statistics.median(torch_ms), statistics.median(ours_ms), work))
     return rows
 
 
-def run_gpu(shapes: List[Shape], batch: int, tf32: bool) -> Tuple[str, List[Row]]:
+def run_gpu(shapes: List[Shape], batch: int, tf32: bool, layouts: Sequence[str] = ("nchw",)) -> Tuple[str, List[Row]]:
     if not torch.cuda.is_available():
         raise SystemExit("bench_conv.py --gpu: no CUDA device")
     torch.backends.cudnn.allow_tf32 = tf32
@@ -265,9 +271,9 @@ def run_gpu(shapes: List[Shape], batch: int, tf32: bool) -> Tuple[str, List[Row]
               f"median of triton.testing.do_bench")
     print(header, flush=True)
     rows: List[Row] = []
-    for dtype in (torch.float32, torch.bfloat16):
+    for layout, dtype in [(layout, dtype) for layout in layouts for dtype in (torch.float32, torch.bfloat16)]:
         for shape in shapes:
-            new = bench_gpu_shape(shape, batch, dtype)
+            new = bench_gpu_shape(shape, batch, dtype, channels_last=layout == "nhwc")
             for r in new:
                 print(f"  {r.layer:22s} {r.dtype:8s} {r.mode:8s}: cuDNN {r.torch_ms:8.3f} ms  ours {r.ours_ms:8.3f} ms"
                       f"  ratio {r.ratio:5.2f}", flush=True)
@@ -304,6 +310,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
     parser.add_argument("--size", type=int, default=224, help="image size of the --network row")
     parser.add_argument("--gpu", action="store_true", help="Triton vs cuDNN in float32 and bfloat16")
     parser.add_argument("--tf32", action="store_true", help="--gpu: let float32 use TF32 (both sides)")
+    parser.add_argument("--layout", choices=("nchw", "nhwc", "both"), default="nchw",
+                        help="--gpu: x, w and grad_y contiguous (nchw) or channels_last (nhwc: our NHWC "
+                             "kernels), both sides alike")
     parser.add_argument("--system-malloc", action="store_true",
                         help="CPU: leave glibc's allocation thresholds as they are (see above)")
     parser.add_argument("--json", help="write the raw figures to this file")
@@ -324,7 +333,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
         shapes = []
 
     if args.gpu:
-        header, rows = run_gpu(shapes, args.batch or 64, args.tf32)
+        header, rows = run_gpu(shapes, args.batch or 64, args.tf32,
+                               ("nchw", "nhwc") if args.layout == "both" else (args.layout,))
     else:
         batch = args.batch or 8
         allocator = "glibc defaults" if args.system_malloc or not steady_allocator() else \

@@ -185,3 +185,32 @@ def test_launcher_holds_w_hh_where_it_fits(monkeypatch):
     assert C.choose_config(C.CELL_LSTM, 1024, 8, bf16, 128, **small).resident == ()
     monkeypatch.setenv("GATEDRNN_TRITON_RESIDENT", "0")
     assert pick(C.CELL_LSTM, 512, 8, bf16) == ()
+
+
+def _async_copy_sizes(ptx: str):
+    """Bytes moved by each cp.async (global -> shared) of a kernel's PTX."""
+    import re
+
+    copy = re.compile(r"cp\.async\.c[ag]\.shared\.global \[[^\]]*\], \[[^\]]*\], (0x[0-9a-f]+|\d+)")
+    return [int(match.group(1), 0) for match in copy.finditer(ptx)]
+
+
+@pytest.mark.parametrize("cap", [80, 90])
+def test_nhwc_conv_kernels_copy_16_byte_vectors(cap):
+    """Every configuration of the channels-last conv kernels moves its tiles to shared memory with
+    asynchronous copies (cp.async, which the software pipeliner overlaps with the dots), 16 bytes
+    each in bf16/fp16: the alignment the launcher checks reaches the compiler through the
+    VEC-scaled arguments. (float32 TF32 operands that are not K-major are copied 4 bytes at a
+    time to transpose them.) The strided kernels' 16-bit loads make no 16-byte copy."""
+    report = _report_module()
+    rows = [row for row in report.enumerate_op_configs((cap,)) if row[2] == "conv"]
+    nhwc = [row for row in rows if "nhwc" in row[3]]
+    assert len(nhwc) >= 3 * 3
+    for row in nhwc:
+        label = row[8]
+        sizes = _async_copy_sizes(report.compile_row(row).asm["ptx"])
+        assert sizes, f"sm_{cap} {label}: no cp.async"
+        if " fp32 " not in label:
+            assert set(sizes) == {16}, f"sm_{cap} {label}: cp.async sizes {sorted(set(sizes))}"
+    strided = next(row for row in rows if row[3] == "conv2d_forward_kernel" and " bf16 " in row[8])
+    assert 16 not in _async_copy_sizes(report.compile_row(strided).asm["ptx"])

@@ -192,6 +192,45 @@ def test_opcheck(backend):
                           (grad_y, x.detach(), weight.detach(), [2, 1], [1, 1, 0, 1], [1, 1], 2, backend, [True, False, True]))
     torch.library.opcheck(torch.ops.gatedrnn.conv2d_backward.default,
                           (grad_y, x.detach(), weight.detach(), [2, 1], [1, 1, 0, 1], [1, 1], 2, backend, [False, True, False]))
+    # channels_last input (or weight): outputs and gradients channels_last, fake and real alike
+    last = torch.channels_last
+    torch.library.opcheck(torch.ops.gatedrnn.conv2d.default,
+                          (x.detach().contiguous(memory_format=last).requires_grad_(), weight, bias, [2, 1],
+                           [1, 1, 0, 1], [1, 1], 2, backend))
+    torch.library.opcheck(torch.ops.gatedrnn.conv2d_backward.default,
+                          (grad_y, x.detach(), weight.detach().contiguous(memory_format=last), [2, 1], [1, 1, 0, 1],
+                           [1, 1], 2, backend, [True, True, True]))
+
+
+def check_memory_format_follows_torch(backend):
+    """y, grad_x and grad_w come back with the strides torch's conv2d gives them (channels_last
+    when x or w is channels_last, else contiguous), on every backend; the op's fake says the same."""
+    torch.manual_seed(0)
+    last = torch.channels_last
+    dtype = torch.float32 if backend == "triton" else torch.float64   # Triton: no float64 kernels
+    for x_last, w_last in itertools.product((False, True), repeat=2):
+        x = torch.randn(2, 16, 6, 7, dtype=dtype)
+        w = torch.randn(24, 16, 3, 3, dtype=dtype)
+        x = (x.contiguous(memory_format=last) if x_last else x).requires_grad_()
+        w = (w.contiguous(memory_format=last) if w_last else w).requires_grad_()
+        reference = [x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()]
+        y = conv2d(x, w, padding=1, backend=backend)
+        expected = F.conv2d(*reference, padding=1)
+        grad_y = torch.randn_like(expected)
+        ours = (y, *torch.autograd.grad(y, (x, w), grad_y))
+        theirs = (expected, *torch.autograd.grad(expected, reference, grad_y))
+        with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+            fake = torch.ops.gatedrnn.conv2d(mode.from_tensor(x), mode.from_tensor(w), None, [1, 1], [1, 1, 1, 1],
+                                             [1, 1], 1, backend)
+        for name, a, b in zip(("y", "grad_x", "grad_w"), ours, theirs):
+            assert a.stride() == b.stride(), (backend, x_last, w_last, name, a.stride(), b.stride())
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4, msg=name)
+        assert fake.stride() == expected.stride(), (x_last, w_last)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_memory_format_follows_torch(backend):
+    check_memory_format_follows_torch(backend)
 
 
 def test_eager_call_only_where_nothing_needs_the_dispatch():
@@ -559,7 +598,9 @@ def test_triton_interpreted_weight_grad_split_reduction(monkeypatch):
     monkeypatch.setattr(kernels, "_split_pixels", recorded)
     for name in ("multi-tile", "stem-7x7-s2", "depthwise", "dense-3x3-s2"):
         run_against_oracle("triton", torch.float32, ALL_CASES[name], requires=(False, True, False))
-    assert len(splits) == 4 and min(splits) > 1, splits
+    run_against_oracle("triton", torch.float32, NHWC_CASES["nhwc-3x3-pad1"], requires=(False, True, False),
+                       channels_last=True)
+    assert len(splits) == 5 and min(splits) > 1, splits
 
 
 @needs_interpreter
@@ -597,6 +638,97 @@ def test_triton_interpreted_float16():
         run_against_oracle("triton", torch.float16, ALL_CASES[name], tolerance=1e-2)
 
 
+# Channel counts the NHWC kernels take (>= 16 per group, multiples of 4 in float32 and 8 in
+# 16-bit types); with a channels_last input the launchers pick them (conv_layout).
+NHWC_CASES = {
+    # 162 output pixels: two 128-pixel tiles.
+    "nhwc-3x3-pad1": (2, 16, 9, 9, 24, 3, 1, 1, 1, 1, True),
+    "nhwc-grouped-s2x1-d2": (2, 32, 11, 10, 32, (3, 2), (2, 1), (2, 0), (2, 1), 2, False),
+    # 48 channels: a full and a masked reduction block (float32 forward); 136 out: channel tiles
+    # of 64 (float32) / 128 (16-bit) with a masked last one.
+    "nhwc-1x1-s2-wide": (1, 48, 5, 7, 136, 1, 2, 0, 1, 1, True),
+    "nhwc-same-even-dilated": (1, 24, 6, 8, 16, (2, 4), 1, "same", (1, 2), 1, True),
+    # Stride 3 > kernel 2: an input-gradient phase no tap reaches (zeros).
+    "nhwc-k2-s3": (2, 16, 8, 7, 16, 2, 3, 0, 1, 1, False),
+}
+NHWC_KERNELS = {"conv2d_forward_nhwc_kernel", "conv2d_input_grad_nhwc_kernel", "conv2d_weight_grad_nhwc_kernel"}
+
+
+class _LaunchRecorder:
+    """Stands in for a @triton.jit kernel of kernels/conv.py: records its name at each launch."""
+
+    def __init__(self, name, kernel, launched):
+        self.name, self.kernel, self.launched = name, kernel, launched
+
+    def __getitem__(self, grid):
+        self.launched.append(self.name)
+        return self.kernel[grid]
+
+
+def record_launches(monkeypatch):
+    """The list of conv kernel names launched from now on (in order)."""
+    kernels = conv_kernels()
+    launched = []
+    for name, value in vars(kernels).copy().items():
+        if name.startswith("conv2d_") and name.endswith("_kernel"):
+            monkeypatch.setattr(kernels, name, _LaunchRecorder(name, value, launched))
+    return launched
+
+
+@needs_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("name", list(NHWC_CASES))
+def test_triton_interpreted_nhwc_matches_oracle(monkeypatch, name, dtype):
+    launched = record_launches(monkeypatch)
+    run_against_oracle("triton", dtype, NHWC_CASES[name], channels_last=True,
+                       tolerance=1e-2 if dtype == torch.float16 else None)
+    assert set(launched) == NHWC_KERNELS, launched
+
+
+@needs_interpreter
+def test_triton_interpreted_nhwc_forced_on_contiguous_input(monkeypatch):
+    """GATEDRNN_TRITON_CONV_LAYOUT=nhwc: NCHW x and grad_y are copied to channels_last for the
+    NHWC kernels; y and the gradients still come back in x's layout (contiguous)."""
+    monkeypatch.setenv("GATEDRNN_TRITON_CONV_LAYOUT", "nhwc")
+    launched = record_launches(monkeypatch)
+    for name in ("nhwc-grouped-s2x1-d2", "nhwc-k2-s3"):
+        run_against_oracle("triton", torch.float32, NHWC_CASES[name])
+    assert set(launched) == NHWC_KERNELS, launched
+    x = torch.randn(1, 16, 5, 5, requires_grad=True)
+    y = conv2d(x, torch.randn(16, 16, 3, 3), padding=1, backend="triton")
+    y.sum().backward()   # grad_y: an expanded (zero-stride) tensor
+    assert y.is_contiguous() and x.grad.is_contiguous()
+
+
+@needs_interpreter
+def test_triton_interpreted_nhwc_channel_slice(monkeypatch):
+    """Channels 8..39 of a channels_last tensor: unit channel stride, 32-byte offset; the NHWC
+    kernels read the view as it is (no copy), against torch in float64."""
+    launched = record_launches(monkeypatch)
+    torch.manual_seed(3)
+    wide = torch.randn(2, 48, 7, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    kernel = torch.randn(32, 16, 3, 3, dtype=torch.float64) / 12
+    ours = wide.float()[:, 8:40].detach().requires_grad_()
+    assert conv_kernels().nhwc_strides_ok(ours) and not ours.is_contiguous(memory_format=torch.channels_last)
+    weight = kernel.float().requires_grad_()
+    reference = [wide[:, 8:40].clone().requires_grad_(), kernel.clone().requires_grad_()]
+    options = dict(stride=(1, 2), padding=1, groups=2)
+    y = conv2d(ours, weight, **options, backend="triton")
+    expected = F.conv2d(*reference, **options)
+    torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+    grad_y = torch.randn_like(expected)
+    y.backward(grad_y.float())
+    expected.backward(grad_y)
+    torch.testing.assert_close(ours.grad.double(), reference[0].grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(weight.grad.double(), reference[1].grad, rtol=1e-5, atol=1e-4)
+    assert set(launched) == NHWC_KERNELS, launched
+
+
+@needs_interpreter
+def test_triton_interpreted_memory_format_follows_torch():
+    check_memory_format_follows_torch("triton")
+
+
 @outside_interpreter
 @needs_kernels
 def test_triton_interpreter_subprocess():
@@ -615,6 +747,7 @@ def test_triton_launcher_configs_are_in_the_gate_listing():
     shapes += [(int(g * rng.integers(1, 300)), int(g * rng.integers(1, 300)), int(g))
                for g in rng.choice([1, 1, 2, 4, 8], 40)]
     checked = set()
+    layouts_seen = set()
     for capability in (80, 90):
         listing = kernels.gate_configs(capability)
         for entry in listing:
@@ -625,14 +758,17 @@ def test_triton_launcher_configs_are_in_the_gate_listing():
         keys = {(e["kernel"], next(iter(e["signature"].values())), tuple(sorted(e["constexprs"].items())),
                  e["num_warps"], e["num_stages"]) for e in listing}
         assert len(keys) == len(listing), "duplicate entries"
-        for c_in, c_out, groups in shapes:
-            for dtype in (torch.float32, torch.bfloat16, torch.float16):
-                for tf32 in (False, True):
-                    x = torch.empty(2, c_in, 9, 9, dtype=dtype, device="meta")
+        for (c_in, c_out, groups), dtype, tf32, memory_format in itertools.product(
+                shapes, (torch.float32, torch.bfloat16, torch.float16), (False, True),
+                (torch.contiguous_format, torch.channels_last)):
+                    x = torch.empty(2, c_in, 9, 9, dtype=dtype, device="meta", memory_format=memory_format)
                     w = torch.empty(c_out, c_in // groups, 3, 3, dtype=dtype, device="meta")
+                    layout = kernels.conv_layout(x, w, groups)
+                    layouts_seen.add(layout)
                     with torch.backends.cudnn.flags(allow_tf32=tf32):
                         for which in ("forward", "input_grad", "weight_grad"):
                             plan = kernels.launch_plan(x, w, groups, which, capability=(capability // 10, 0))
+                            assert ("nhwc" in plan.kernel) == (layout == "nhwc")
                             pointer = "*" + {torch.float32: "fp32", torch.bfloat16: "bf16",
                                              torch.float16: "fp16"}[dtype]
                             key = (plan.kernel, pointer, tuple(sorted(plan.constexprs.items())), plan.num_warps,
@@ -641,7 +777,45 @@ def test_triton_launcher_configs_are_in_the_gate_listing():
                             checked.add(key)
     # The spread reaches every kernel of the module, both FLAT_K modes and every channel tile.
     assert {k[0] for k in checked} == {e["kernel"] for e in kernels.gate_configs(90)}
-    assert len(kernels.gate_configs(90)) <= 64, "keep the compile gate small (CI compiles it twice on 2 cores)"
+    assert layouts_seen == {"strided", "nhwc"}
+    assert len(kernels.gate_configs(90)) <= 80, "keep the compile gate small (CI compiles it twice on 2 cores)"
+
+
+@needs_kernels
+@pytest.mark.parametrize("mode", ["auto", "strided", "nhwc"])
+def test_triton_conv_layout_choice(monkeypatch, mode):
+    """Which kernels a conv runs: NHWC where the channels allow it and x has a unit channel stride
+    and 16-byte aligned strides (or always, copying x, under GATEDRNN_TRITON_CONV_LAYOUT=nhwc);
+    never under "strided"; an unknown mode is an error naming the variable."""
+    kernels = conv_kernels()
+    monkeypatch.setenv("GATEDRNN_TRITON_CONV_LAYOUT", mode)
+    last = torch.channels_last
+
+    def layout(c_in, c_out, groups=1, dtype=torch.bfloat16, memory_format=last, size=(9, 9), narrow=None):
+        x = torch.empty(2, c_in, *size, dtype=dtype, device="meta", memory_format=memory_format)
+        if narrow is not None:   # a channel slice of a wider channels_last tensor
+            x = torch.empty(2, c_in + 8, *size, dtype=dtype, device="meta", memory_format=last)[:, narrow:narrow + c_in]
+        w = torch.empty(c_out, c_in // groups, 3, 3, dtype=dtype, device="meta")
+        return kernels.conv_layout(x, w, groups)
+
+    eligible = {"auto": "nhwc", "strided": "strided", "nhwc": "nhwc"}[mode]
+    assert layout(64, 128) == eligible
+    assert layout(64, 128, dtype=torch.float32) == eligible
+    assert layout(48, 32, groups=2) == eligible            # 24 -> 16 channels per group
+    assert layout(64, 128, size=(1, 1)) == eligible        # size-1 dimensions: any stride there
+    # A 1x1 image is both layouts at once: NCHW-contiguous reads as NHWC.
+    assert layout(64, 128, memory_format=torch.contiguous_format, size=(1, 1)) == eligible
+    assert layout(64, 128, narrow=8) == eligible           # channels 8.. of a channels_last tensor: aligned
+    assert layout(64, 128, narrow=4) == ("strided" if mode == "auto" else eligible)   # 8-byte offset
+    assert layout(64, 128, memory_format=torch.contiguous_format) == ("nhwc" if mode == "nhwc" else "strided")
+    # Channel counts no NHWC kernel takes, whatever the mode and layout:
+    assert layout(3, 64) == "strided"                      # the stem: < 16 channels per group
+    assert layout(64, 20) == "strided"                     # 20 output channels: not a multiple of 8
+    assert layout(32, 32, groups=4) == "strided"           # 8 channels per group: direct kernels
+    with monkeypatch.context() as patched:
+        patched.setenv("GATEDRNN_TRITON_CONV_LAYOUT", "NHWC ")
+        with pytest.raises(ValueError, match="GATEDRNN_TRITON_CONV_LAYOUT"):
+            layout(64, 128)
 
 
 # --- triton on a GPU ------------------------------------------------------------------------------
@@ -683,11 +857,21 @@ def test_gpu_half_matches_oracle(name, dtype):
     run_against_oracle("triton", dtype, GPU_CASES[name], device="cuda", tolerance=1e-2)
 
 
-@pytest.mark.parametrize("name", ["resnet-3x3-64", "dilated-odd-3x3-d2", "mobilenet-depthwise-s2"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "f32"])
+@pytest.mark.parametrize("name", ["resnet-3x3-64", "resnet-3x3-128-s2", "resnet-1x1-512-1024-s2", "dilated-odd-3x3-d2",
+                                  "resnet-stem-7x7-s2", "mobilenet-depthwise-s2"])
 @pytest.mark.gpu
 @needs_kernels
-def test_gpu_channels_last(name):
-    run_against_oracle("triton", torch.bfloat16, GPU_CASES[name], device="cuda", tolerance=1e-2, channels_last=True)
+def test_gpu_channels_last(name, dtype):
+    """channels_last tensors: the NHWC kernels (16-byte vector loads, cp.async) where the channels
+    allow (all but the 3-channel stem and the depthwise conv, which read NHWC through strides)."""
+    x, weight, _, options = draw_case(GPU_CASES[name])
+    layout = conv_kernels().conv_layout(torch.empty(x.shape, dtype=dtype, device="meta").contiguous(
+        memory_format=torch.channels_last), torch.empty(weight.shape, dtype=dtype, device="meta"), options["groups"])
+    assert layout == ("strided" if name in ("resnet-stem-7x7-s2", "mobilenet-depthwise-s2") else "nhwc")
+    with torch.backends.cudnn.flags(allow_tf32=False):
+        run_against_oracle("triton", dtype, GPU_CASES[name], device="cuda", channels_last=True,
+                           tolerance=1e-5 if dtype == torch.float32 else 1e-2)
 
 
 @pytest.mark.parametrize("name", ["resnet-3x3-64", "resnet-stem-7x7-s2", "mobilenet-depthwise-s2"])

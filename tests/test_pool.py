@@ -222,6 +222,37 @@ def test_opcheck(backend):
     torch.library.opcheck(torch.ops.gatedrnn.adaptive_avg_pool2d_backward.default, (grad_y, [2, 3, 9, 8], backend))
 
 
+def check_channels_last_like_torch(backend, dtype=torch.float64):
+    """A channels_last input gives channels_last outputs (and max-pool indices), as torch's pools
+    do, with the same values; the ops' fakes declare the same strides."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 9, 8, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    calls = {
+        "max": (lambda t: max_pool2d(t, 3, 2, 1, return_indices=True, backend=backend),
+                lambda t: F.max_pool2d(t, 3, 2, 1, return_indices=True)),
+        "avg": (lambda t: (avg_pool2d(t, (3, 2), (2, 1), 1, backend=backend),),
+                lambda t: (F.avg_pool2d(t, (3, 2), (2, 1), 1),)),
+        "adaptive": (lambda t: (adaptive_avg_pool2d(t, (4, 3), backend=backend),),
+                     lambda t: (F.adaptive_avg_pool2d(t, (4, 3)),)),
+    }
+    for name, (ours, theirs) in calls.items():
+        got, expected = ours(x), theirs(x)
+        with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+            fake = ours(mode.from_tensor(x))
+        for a, b, f in zip(got, expected, fake):
+            assert a.stride() == b.stride() == f.stride(), (name, a.stride(), b.stride(), f.stride())
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        grad, = torch.autograd.grad(got[0], x, torch.ones_like(got[0]))
+        torch.testing.assert_close(grad, torch.autograd.grad(expected[0], x, torch.ones_like(expected[0]))[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channels_last_like_torch(backend):
+    check_channels_last_like_torch(backend)
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64).contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(torch.ops.gatedrnn.max_pool2d.default, (x, [3, 3], [2, 2], [1, 1], [1, 1], True, backend))
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
@@ -481,6 +512,11 @@ def check_triton_deterministic(shape, dtype, device):
         runs.append((y1, y2, y3) + grads)
     for first, second in zip(*runs):
         assert torch.equal(first, second)
+
+
+@in_interpreter
+def test_triton_interpreter_channels_last(recorded_launches):
+    check_channels_last_like_torch("triton", torch.float32)
 
 
 @in_interpreter

@@ -6,6 +6,7 @@ Each op module (``conv.py``, ``pool.py``, ``embedding.py``) registers its own
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import numbers
 from typing import Callable, Dict, Optional, Tuple
@@ -17,7 +18,7 @@ from ..backends import resolve_backend
 from ._recurrence import _BACKEND_DTYPES
 
 __all__ = ["is_int", "int_tuple", "check_tensor", "check_same", "pick_backend", "Implementations",
-           "cpu_module"]
+           "cpu_module", "is_channels_last", "empty_in_format", "in_format"]
 
 
 def is_int(value) -> bool:
@@ -91,3 +92,31 @@ def cpu_module(name: str):
             f"backend 'cython' cannot run {name} here: gatedrnn._cpu.{name} is not built ({error}). "
             "Fix: rebuild the extensions (`pip install -e .` in a checkout), or use backend='numpy'."
         ) from None
+
+
+# --- memory formats: torch's spatial ops return channels_last for channels_last input ---------------
+
+def is_channels_last(t: Tensor) -> bool:
+    """Whether t is a channels_last (N, C, H, W) tensor and not plainly contiguous as well (as a
+    1x1 image or a single channel is): torch's ops keep such inputs' layout in their outputs."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def empty_in_format(shape, like: Tensor, memory_format: torch.memory_format, dtype=None) -> Tensor:
+    """torch.empty in ``memory_format`` with like's dtype (or ``dtype``) and device: what the
+    ops' fake implementations return and ``in_format`` matches."""
+    return torch.empty(tuple(shape), dtype=dtype or like.dtype, device=like.device, memory_format=memory_format)
+
+
+@functools.lru_cache(maxsize=256)
+def _format_strides(shape: Tuple[int, ...], memory_format: torch.memory_format) -> Tuple[int, ...]:
+    return torch.empty(shape, device="meta", memory_format=memory_format).stride()
+
+
+def in_format(t: Tensor, memory_format: torch.memory_format) -> Tensor:
+    """t with exactly the strides of ``empty_in_format(t.shape, t, memory_format)`` (what the fake
+    implementations declare): t itself where they already agree, else a copy."""
+    expected = _format_strides(tuple(t.shape), memory_format)
+    if t.stride() == expected:
+        return t
+    return torch.empty_strided(t.shape, expected, dtype=t.dtype, device=t.device).copy_(t)

@@ -15,6 +15,11 @@ covers the asymmetric ``"same"`` padding of an even kernel)::
 unwanted gradient comes back as an empty tensor of shape (0,). (The bias gradient is a pass over
 grad_output, 0.03 ms of the 1.2 ms CPU backward of a ResNet 1x1/2 layer: skipped without a bias.)
 
+Output layout: as torch's conv2d, the output and the input and weight gradients are
+channels_last when the input or the weight is channels_last (and not plainly contiguous too),
+else contiguous, on every backend (the fake implementations say the same); a backend's result
+in another layout is copied into that one.
+
 Backend contract (tensors of one dtype and device, N >= 1; contiguous for the CPU backends,
 as given for ``triton``, whose kernels read through strides, so channels_last input is not copied):
     conv2d_forward(x, w, b, stride, padding, dilation, groups) -> y
@@ -36,7 +41,8 @@ from torch import Tensor
 
 from .. import oracle
 from ._recurrence import eager_or_op, from_numpy, new_output, run_cpu_kernel, to_numpy64
-from ._spatial import Implementations, check_same, check_tensor, cpu_module, int_tuple, is_int, pick_backend
+from ._spatial import (Implementations, check_same, check_tensor, cpu_module, empty_in_format, in_format, int_tuple,
+                       is_channels_last, is_int, pick_backend)
 
 __all__ = ["conv2d", "conv1d"]
 
@@ -108,6 +114,12 @@ _implementations = Implementations("conv2d", {
 })
 
 
+def _memory_format(input: Tensor, weight: Tensor) -> torch.memory_format:
+    """The layout of the output and of the input and weight gradients, as torch's conv2d picks it
+    (CPU and CUDA): channels_last when the input or the weight is, else contiguous."""
+    return torch.channels_last if is_channels_last(input) or is_channels_last(weight) else torch.contiguous_format
+
+
 def _as_backend_reads(backend: str, *tensors):
     """The tensors as the backend reads them: the Triton kernels take any strides (channels_last
     input without a copy); the CPU backends want contiguous arrays."""
@@ -122,11 +134,13 @@ def _conv2d_forward(input: Tensor, weight: Tensor, bias: Optional[Tensor], strid
                     padding: Sequence[int], dilation: Sequence[int], groups: int, backend: str) -> Tensor:
     """The forward on a backend: gatedrnn::conv2d's body, which an eager call with nothing for
     autograd to record runs directly (``eager_or_op``)."""
+    memory_format = _memory_format(input, weight)
     input, weight, bias = _as_backend_reads(backend, input, weight, bias)
     if input.shape[0] == 0:
-        return input.new_zeros(_output_shape(input, weight, stride, padding, dilation))
+        return empty_in_format(_output_shape(input, weight, stride, padding, dilation), input, memory_format).zero_()
     forward, _ = _implementations(backend)
-    return forward(input, weight, bias, list(stride), list(padding), list(dilation), groups)
+    return in_format(forward(input, weight, bias, list(stride), list(padding), list(dilation), groups),
+                      memory_format)
 
 
 _conv2d_op = torch.library.custom_op("gatedrnn::conv2d", _conv2d_forward, mutates_args=())
@@ -134,25 +148,27 @@ _conv2d_op = torch.library.custom_op("gatedrnn::conv2d", _conv2d_forward, mutate
 
 @_conv2d_op.register_fake
 def _(input, weight, bias, stride, padding, dilation, groups, backend):
-    return input.new_empty(_output_shape(input, weight, stride, padding, dilation))
+    return empty_in_format(_output_shape(input, weight, stride, padding, dilation), input,
+                           _memory_format(input, weight))
 
 
 def _conv2d_backward_body(grad_output: Tensor, input: Tensor, weight: Tensor, stride: Sequence[int],
                           padding: Sequence[int], dilation: Sequence[int], groups: int, backend: str,
                           output_mask: Sequence[bool]) -> Tuple[Tensor, Tensor, Tensor]:
+    memory_format = _memory_format(input, weight)
     grad_output, input, weight = _as_backend_reads(backend, grad_output, input, weight)
     if input.shape[0] == 0:
-        return (input.new_zeros(input.shape if output_mask[0] else (0,)),
-                weight.new_zeros(weight.shape if output_mask[1] else (0,)),
+        grad_input = empty_in_format(input.shape, input, memory_format).zero_() if output_mask[0] else None
+        grad_weight = empty_in_format(weight.shape, weight, memory_format).zero_() if output_mask[1] else None
+        return (grad_input if grad_input is not None else input.new_zeros((0,)),
+                grad_weight if grad_weight is not None else weight.new_zeros((0,)),
                 weight.new_zeros(weight.shape[0] if output_mask[2] else 0))
     _, backward = _implementations(backend)
     grad_input, grad_weight, grad_bias = backward(grad_output, input, weight, list(stride), list(padding),
                                                   list(dilation), groups, list(output_mask))
     # The numpy backend computes every gradient; the op returns only what was asked for.
-    if not output_mask[0]:
-        grad_input = input.new_empty((0,))
-    if not output_mask[1]:
-        grad_weight = weight.new_empty((0,))
+    grad_input = in_format(grad_input, memory_format) if output_mask[0] else input.new_empty((0,))
+    grad_weight = in_format(grad_weight, memory_format) if output_mask[1] else weight.new_empty((0,))
     if not output_mask[2]:
         grad_bias = weight.new_empty((0,))
     return grad_input, grad_weight, grad_bias
@@ -164,8 +180,9 @@ _conv2d_backward = eager_or_op(_conv2d_backward_op, _conv2d_backward_body)
 
 @_conv2d_backward_op.register_fake
 def _(grad_output, input, weight, stride, padding, dilation, groups, backend, output_mask):
-    return (input.new_empty(input.shape if output_mask[0] else (0,)),
-            weight.new_empty(weight.shape if output_mask[1] else (0,)),
+    memory_format = _memory_format(input, weight)
+    return (empty_in_format(input.shape, input, memory_format) if output_mask[0] else input.new_empty((0,)),
+            empty_in_format(weight.shape, weight, memory_format) if output_mask[1] else weight.new_empty((0,)),
             weight.new_empty(weight.shape[0] if output_mask[2] else 0))
 
 

@@ -41,7 +41,8 @@ from torch import Tensor
 
 from .. import oracle
 from ._recurrence import eager_or_op, from_numpy, new_output, run_cpu_kernel, to_numpy64
-from ._spatial import Implementations, check_tensor, cpu_module, int_tuple, is_int, pick_backend
+from ._spatial import (Implementations, check_tensor, cpu_module, empty_in_format, in_format, int_tuple,
+                       is_channels_last, is_int, pick_backend)
 
 __all__ = ["max_pool2d", "avg_pool2d", "adaptive_avg_pool2d"]
 
@@ -152,15 +153,26 @@ _implementations = Implementations("pooling", {
 
 
 # --- custom ops -------------------------------------------------------------------------------------
+# As torch's pools, the forwards return channels_last outputs (and max-pool indices) for a
+# channels_last input (the backends compute on a contiguous copy; the result is laid out
+# again). The input gradients come back contiguous (torch's follow the input's layout; autograd
+# takes either).
+
+def _memory_format(input: Tensor) -> torch.memory_format:
+    return torch.channels_last if is_channels_last(input) else torch.contiguous_format
+
 
 def _max_pool2d_forward(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
                         dilation: Sequence[int], ceil_mode: bool, backend: str) -> Tuple[Tensor, Tensor]:
+    memory_format = _memory_format(input)
     input = input.contiguous()
     shape = _pool_shape(input.shape, kernel_size, stride, padding, dilation, ceil_mode)
     if input.numel() == 0:
-        return input.new_zeros(shape), input.new_zeros(shape, dtype=torch.int64)
-    return _implementations(backend).max_forward(input, list(kernel_size), list(stride), list(padding),
-                                                 list(dilation), ceil_mode)
+        return (empty_in_format(shape, input, memory_format).zero_(),
+                empty_in_format(shape, input, memory_format, torch.int64).zero_())
+    output, indices = _implementations(backend).max_forward(input, list(kernel_size), list(stride), list(padding),
+                                                            list(dilation), ceil_mode)
+    return in_format(output, memory_format), in_format(indices, memory_format)
 
 
 _max_pool2d_op = torch.library.custom_op("gatedrnn::max_pool2d", _max_pool2d_forward, mutates_args=())
@@ -169,7 +181,8 @@ _max_pool2d_op = torch.library.custom_op("gatedrnn::max_pool2d", _max_pool2d_for
 @_max_pool2d_op.register_fake
 def _(input, kernel_size, stride, padding, dilation, ceil_mode, backend):
     shape = _pool_shape(input.shape, kernel_size, stride, padding, dilation, ceil_mode)
-    return input.new_empty(shape), input.new_empty(shape, dtype=torch.int64)
+    memory_format = _memory_format(input)
+    return empty_in_format(shape, input, memory_format), empty_in_format(shape, input, memory_format, torch.int64)
 
 
 def _max_pool2d_backward_body(grad_output: Tensor, indices: Tensor, input_size: Sequence[int],
@@ -212,11 +225,14 @@ _max_pool2d = eager_or_op(_max_pool2d_op, _max_pool2d_forward, _max_setup_contex
 def _avg_pool2d_forward(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
                         ceil_mode: bool, count_include_pad: bool, divisor_override: Optional[int],
                         backend: str) -> Tensor:
+    memory_format = _memory_format(input)
     input = input.contiguous()
     if input.numel() == 0:
-        return input.new_zeros(_pool_shape(input.shape, kernel_size, stride, padding, (1, 1), ceil_mode))
-    return _implementations(backend).avg_forward(input, list(kernel_size), list(stride), list(padding), ceil_mode,
-                                                 count_include_pad, divisor_override)
+        return empty_in_format(_pool_shape(input.shape, kernel_size, stride, padding, (1, 1), ceil_mode), input,
+                               memory_format).zero_()
+    return in_format(_implementations(backend).avg_forward(input, list(kernel_size), list(stride), list(padding),
+                                                           ceil_mode, count_include_pad, divisor_override),
+                     memory_format)
 
 
 _avg_pool2d_op = torch.library.custom_op("gatedrnn::avg_pool2d", _avg_pool2d_forward, mutates_args=())
@@ -224,7 +240,8 @@ _avg_pool2d_op = torch.library.custom_op("gatedrnn::avg_pool2d", _avg_pool2d_for
 
 @_avg_pool2d_op.register_fake
 def _(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, backend):
-    return input.new_empty(_pool_shape(input.shape, kernel_size, stride, padding, (1, 1), ceil_mode))
+    return empty_in_format(_pool_shape(input.shape, kernel_size, stride, padding, (1, 1), ceil_mode), input,
+                           _memory_format(input))
 
 
 def _avg_pool2d_backward_body(grad_output: Tensor, input_size: Sequence[int], kernel_size: Sequence[int],
@@ -262,10 +279,11 @@ _avg_pool2d = eager_or_op(_avg_pool2d_op, _avg_pool2d_forward, _avg_setup_contex
 
 
 def _adaptive_avg_pool2d_forward(input: Tensor, output_size: Sequence[int], backend: str) -> Tensor:
+    memory_format = _memory_format(input)
     input = input.contiguous()
     if input.numel() == 0 or 0 in output_size:
-        return input.new_zeros(tuple(input.shape[:2]) + tuple(output_size))
-    return _implementations(backend).adaptive_forward(input, list(output_size))
+        return empty_in_format(tuple(input.shape[:2]) + tuple(output_size), input, memory_format).zero_()
+    return in_format(_implementations(backend).adaptive_forward(input, list(output_size)), memory_format)
 
 
 _adaptive_avg_pool2d_op = torch.library.custom_op("gatedrnn::adaptive_avg_pool2d", _adaptive_avg_pool2d_forward,
@@ -274,7 +292,7 @@ _adaptive_avg_pool2d_op = torch.library.custom_op("gatedrnn::adaptive_avg_pool2d
 
 @_adaptive_avg_pool2d_op.register_fake
 def _(input, output_size, backend):
-    return input.new_empty(tuple(input.shape[:2]) + tuple(output_size))
+    return empty_in_format(tuple(input.shape[:2]) + tuple(output_size), input, _memory_format(input))
 
 
 def _adaptive_avg_pool2d_backward_body(grad_output: Tensor, input_size: Sequence[int], backend: str) -> Tensor:
