@@ -1219,11 +1219,7 @@ def recurrent_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
     precision = dot_precision(x.dtype)
     # unused outside the gemm mode: any float32 tensor (the pointer type the gate compiles)
     hh = _empty(B, G * HP, dtype=torch.float32, device=dev) if gemm else h_state
-    resident, block_k, _, _ = cfg.kernel_shape()
-    common = dict(CELL=cell, NUM_GATES=G, WS_WIDTH=WORKSPACE_WIDTH[cell],
-                  BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=block_k,
-                  PRECISION=precision, RECURRENT=int(gemm), RESIDENT=resident,
-                  **_launch_kwargs(cfg))
+    common = dict(cell_kernel_constexprs(cell, cfg, precision), **_launch_kwargs(cfg))
     args = (xproj, w_pad, b_hn, lengths, h_state, h_exchange, c_state, exchange, hh, out, ws,
             sem)
     if cfg.mode == "persistent":
@@ -1231,12 +1227,9 @@ def recurrent_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
                                            PHASES=3 if two_phase else 1, SYNC=cfg.sync,
                                            **common)
     elif gemm and cfg.sync != SYNC_NONE:
-        block_m, block_n, block_k, _, _ = cfg.matmul
-        recurrent_gemm_forward_kernel[cfg.grid](
-            *args, T, B, H, HP, int(reverse), CELL=cell, NUM_GATES=G,
-            WS_WIDTH=WORKSPACE_WIDTH[cell], BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SYNC=cfg.sync,
-            PRECISION=precision, **_launch_kwargs(cfg))
+        recurrent_gemm_forward_kernel[cfg.grid](*args, T, B, H, HP, int(reverse),
+                                                **gemm_kernel_constexprs(cell, cfg, precision),
+                                                **_launch_kwargs(cfg))
     elif gemm:
         # Per step: hh = h @ W_hh^T (for GRU reset_before only the r, z rows), the gate math;
         # GRU reset_before then hh[:, n] = (r*h) @ W_hn^T and its second phase.
@@ -1333,10 +1326,7 @@ def recurrent_backward(cell, grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w
     precision = dot_precision(x.dtype)
     hh = _empty(B, HP, dtype=f32, device=dev) if gemm else dh_state   # (as in the forward)
     dgate_step = _empty(B, G * HP, dtype=x.dtype, device=dev) if gemm else dgate
-    resident, block_k, _, _ = cfg.kernel_shape(backward=True)
-    common = dict(CELL=cell, NUM_GATES=G, WS_WIDTH=WORKSPACE_WIDTH[cell],
-                  BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=block_k,
-                  PRECISION=precision, RECURRENT=int(gemm), RESIDENT=resident,
+    common = dict(cell_kernel_constexprs(cell, cfg, precision, backward=True),
                   **_launch_kwargs(cfg, backward=True))
     args = (grad_output, w_pad, lengths_d, h0, c0_arg, output, workspace, dh_state, dc_state,
             dh_total, dgate, dgate_n, hh, dgate_step, sem)
@@ -1345,12 +1335,9 @@ def recurrent_backward(cell, grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w
                                             PHASES=3 if two_phase else 1, SYNC=cfg.sync,
                                             **common)
     elif gemm and cfg.sync != SYNC_NONE:
-        block_m, block_n, block_k, _, _ = cfg.matmul
-        recurrent_gemm_backward_kernel[cfg.grid](
-            *args, T, B, H, HP, int(reverse), CELL=cell, NUM_GATES=G,
-            WS_WIDTH=WORKSPACE_WIDTH[cell], BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SYNC=cfg.sync,
-            PRECISION=precision, **_launch_kwargs(cfg, backward=True))
+        recurrent_gemm_backward_kernel[cfg.grid](*args, T, B, H, HP, int(reverse),
+                                                 **gemm_kernel_constexprs(cell, cfg, precision),
+                                                 **_launch_kwargs(cfg, backward=True))
     elif gemm:
         # Iteration k: hh = (gate gradients of step T-k, by row) @ W_hh (for GRU reset_before
         # only the r, z rows), then dh of step T-k and the gate gradients of step T-1-k; GRU
@@ -1414,15 +1401,31 @@ def kernel_configs(cell: int, H: int, B: int, dtype: torch.dtype, sm_count: int,
                                              capability=capability), dtype)
 
 
+def cell_kernel_constexprs(cell: int, cfg: LaunchConfig, precision: str, backward: bool = False) -> dict:
+    """The constexprs recurrent_forward_kernel / recurrent_backward_kernel take from cfg, all but
+    PHASES and SYNC (which each launch sets): one place for the launchers and expand_config (what
+    the compile gate compiles), so the two cannot drift apart."""
+    resident, block_k, _, _ = cfg.kernel_shape(backward)
+    return dict(CELL=cell, NUM_GATES=NUM_GATES[cell], WS_WIDTH=WORKSPACE_WIDTH[cell],
+                BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=block_k, PRECISION=precision,
+                RECURRENT=int(cfg.mode == "gemm"), RESIDENT=resident)
+
+
+def gemm_kernel_constexprs(cell: int, cfg: LaunchConfig, precision: str) -> dict:
+    """The constexprs of recurrent_gemm_forward_kernel / recurrent_gemm_backward_kernel (the gemm
+    mode in one launch), for the launchers and expand_config alike."""
+    block_m, block_n, block_k, _, _ = cfg.matmul
+    return dict(CELL=cell, NUM_GATES=NUM_GATES[cell], WS_WIDTH=WORKSPACE_WIDTH[cell],
+                BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_M=block_m, BLOCK_N=block_n,
+                BLOCK_K=block_k, SYNC=cfg.sync, PRECISION=precision)
+
+
 def expand_config(cell: int, cfg: LaunchConfig, dtype: torch.dtype):
     """The (kernel name, constexprs, num_warps, num_stages) launches of one LaunchConfig."""
     two_phase = cell == CELL_GRU_RESET_BEFORE
     precision = "tf32" if dtype == torch.float32 else "ieee"
     if cfg.mode == "gemm" and cfg.sync != SYNC_NONE:
-        block_m, block_n, block_k, _, _ = cfg.matmul
-        constexprs = dict(CELL=cell, NUM_GATES=NUM_GATES[cell], WS_WIDTH=WORKSPACE_WIDTH[cell],
-                          BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_M=block_m,
-                          BLOCK_N=block_n, BLOCK_K=block_k, SYNC=cfg.sync, PRECISION=precision)
+        constexprs = gemm_kernel_constexprs(cell, cfg, precision)
         return [("recurrent_gemm_forward_kernel", constexprs, cfg.num_warps, cfg.num_stages),
                 ("recurrent_gemm_backward_kernel", dict(constexprs), cfg.num_warps_bwd,
                  cfg.num_stages)]
@@ -1432,13 +1435,11 @@ def expand_config(cell: int, cfg: LaunchConfig, dtype: torch.dtype):
         phases, sync = ((3,) if two_phase else (1,)), cfg.sync
     out = []
     for kernel in ("recurrent_forward_kernel", "recurrent_backward_kernel"):
-        resident, block_k, warps, stages = cfg.kernel_shape(backward="backward" in kernel)
+        backward = "backward" in kernel
+        _, _, warps, stages = cfg.kernel_shape(backward)
         for ph in phases:
-            constexprs = dict(CELL=cell, NUM_GATES=NUM_GATES[cell],
-                              WS_WIDTH=WORKSPACE_WIDTH[cell], PHASES=ph,
-                              BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, BLOCK_K=block_k,
-                              SYNC=sync, PRECISION=precision,
-                              RECURRENT=int(cfg.mode == "gemm"), RESIDENT=resident)
+            constexprs = dict(cell_kernel_constexprs(cell, cfg, precision, backward), PHASES=ph,
+                              SYNC=sync)
             out.append((kernel, constexprs, warps, stages))
     if cfg.mode == "gemm":
         block_m, block_n, block_k, warps, stages = cfg.matmul

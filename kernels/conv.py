@@ -1049,17 +1049,15 @@ def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     return y
 
 
-def _input_grad(grad_y, x, w, stride, padding, dilation, groups):
+def _input_grad(grad_y, x, w, stride, padding, dilation, groups, layout):
+    """grad_x; with layout "nhwc", grad_y and x as the NHWC kernels read them (_as_nhwc)."""
     N, C_in = x.shape[0], x.shape[1]
     C_out, C_group = w.shape[0], w.shape[1]
     C_out_group = C_out // groups
     H, W, H_out, W_out, conv = _geometry(x, w, stride, padding, dilation)
-    layout = conv_layout(x, w, groups)
     grad_x = empty(*x.shape, dtype=x.dtype, device=x.device, memory_format=_output_format(x, w, layout))
     plan = launch_plan(x, w, groups, "input_grad", layout=layout)
     meta = plan.constexprs
-    if layout == "nhwc":
-        grad_y = _as_nhwc(grad_y)
     strides = (*grad_y.stride(), *w.stride(), *grad_x.stride())
     if plan.kernel == "conv2d_input_grad_direct_kernel":
         M = N * H * W
@@ -1097,20 +1095,19 @@ def _split_pixels(P: int, block_p: int, tiles: int, sm_count: int):
     return triton.cdiv(P, per_split), per_split
 
 
-def _weight_grad(grad_y, x, w, stride, padding, dilation, groups):
+def _weight_grad(grad_y, x, w, stride, padding, dilation, groups, layout):
+    """grad_w; with layout "nhwc", grad_y and x as the NHWC kernels read them (_as_nhwc)."""
     N = x.shape[0]
     C_out, C_group, KH, KW = w.shape
     C_out_group = C_out // groups
     H, W, H_out, W_out, conv = _geometry(x, w, stride, padding, dilation)
     P = N * H_out * W_out
     columns = C_group * KH * KW
-    layout = conv_layout(x, w, groups)
     plan = launch_plan(x, w, groups, "weight_grad", layout=layout)
     meta = plan.constexprs
     sm_count = _device_info(x)[0]
     if layout == "nhwc":
         vec = VEC[x.dtype]
-        grad_y, x = _as_nhwc(grad_y), _as_nhwc(x)
         n_ctiles = triton.cdiv(C_group, meta["BLOCK_C"])
         row_tiles = groups * triton.cdiv(C_out_group, meta["BLOCK_O"])
         split, per_split = _split_pixels(P, meta["BLOCK_P"], KH * KW * n_ctiles * row_tiles, sm_count)
@@ -1156,14 +1153,15 @@ def conv2d_backward(grad_y, x, w, stride, padding, dilation, groups, output_mask
     if output_mask[2]:
         grad_b = grad_y.sum(dim=(0, 2, 3), dtype=torch.float32).to(w.dtype)
     empty_grad = grad_y.numel() == 0 or x.numel() == 0
-    if not empty_grad and conv_layout(x, w, groups) == "nhwc":
+    layout = conv_layout(x, w, groups)
+    if not empty_grad and layout == "nhwc":
         grad_y, x = _as_nhwc(grad_y), _as_nhwc(x)   # once for both gradients
     grad_x = x.new_empty((0,))
     if output_mask[0]:
         grad_x = (torch.zeros_like(x, memory_format=torch.contiguous_format) if empty_grad else
-                  _input_grad(grad_y, x, w, stride, padding, dilation, groups))
+                  _input_grad(grad_y, x, w, stride, padding, dilation, groups, layout))
     grad_w = w.new_empty((0,))
     if output_mask[1]:
         grad_w = (torch.zeros(w.shape, dtype=w.dtype, device=w.device) if empty_grad else
-                  _weight_grad(grad_y, x, w, stride, padding, dilation, groups))
+                  _weight_grad(grad_y, x, w, stride, padding, dilation, groups, layout))
     return grad_x, grad_w, grad_b
