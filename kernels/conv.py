@@ -70,7 +70,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import dot_precision, empty, interpreting
+from ._launch import dot_precision, empty, interpreting, is_channels_last
 
 __all__ = ["conv2d_forward", "conv2d_backward", "choose_configs", "launch_plan", "gate_configs", "Launch"]
 
@@ -986,9 +986,7 @@ def _output_format(x: torch.Tensor, w: torch.Tensor, layout: str) -> torch.memor
     """Layout of y and grad_x: channels_last where the NHWC kernels run or where torch's conv2d
     would return it (x or w channels_last: the op layer's rule, see gatedrnn/ops/conv.py), so
     that the op does not copy what the strided kernels can write in place."""
-    def channels_last(t):
-        return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-    if layout == "nhwc" or channels_last(x) or channels_last(w):
+    if layout == "nhwc" or is_channels_last(x) or is_channels_last(w):
         return torch.channels_last
     return torch.contiguous_format
 

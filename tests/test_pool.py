@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from gatedrnn import oracle
 from gatedrnn.nn.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from gatedrnn.ops import pool as pool_ops
+from gatedrnn.ops._spatial import is_channels_last
 from gatedrnn.ops.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 
 from interpreter import INTERPRETING, outside_interpreter, run_interpreted
@@ -243,7 +244,10 @@ def check_channels_last_like_torch(backend, dtype=torch.float64):
             assert a.stride() == b.stride() == f.stride(), (name, a.stride(), b.stride(), f.stride())
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         grad, = torch.autograd.grad(got[0], x, torch.ones_like(got[0]))
-        torch.testing.assert_close(grad, torch.autograd.grad(expected[0], x, torch.ones_like(expected[0]))[0])
+        expected_grad, = torch.autograd.grad(expected[0], x, torch.ones_like(expected[0]))
+        torch.testing.assert_close(grad, expected_grad)
+        if backend == "triton":  # its kernels compute in channels_last: the gradient keeps it, as torch's
+            assert grad.stride() == expected_grad.stride(), (name, grad.stride(), expected_grad.stride())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -379,7 +383,8 @@ def _gate_key(kernel, config, dtype):
 def _gate_listing(module, capability):
     keys = set()
     for entry in module.gate_configs(capability):
-        pointer_types = {t for name, t in entry["signature"].items() if name.endswith("_ptr") and t != "*i64"}
+        pointer_types = {t for name, t in entry["signature"].items()
+                         if name.endswith("_ptr") and t not in ("*i64", "*i32")}
         assert len(pointer_types) == 1, entry  # one floating dtype per compile
         keys.add((entry["kernel"], tuple(sorted(entry["constexprs"].items())), entry["num_warps"],
                   entry["num_stages"], pointer_types.pop()[1:]))
@@ -394,8 +399,8 @@ def recorded_launches(monkeypatch):
     picks = []
     choose = module.launch_config
 
-    def recording(kernel, dtype):
-        config = choose(kernel, dtype)
+    def recording(kernel, dtype, channels_last):
+        config = choose(kernel, dtype, channels_last)
         picks.append(_gate_key(kernel, config, dtype))
         return config
 
@@ -458,42 +463,62 @@ def _adaptive_reference(x64, grad_y64, size, reference):
     return y, x64.grad
 
 
-def _inputs(shape, dtype, device, ties=False, seed=0):
-    """x (requires grad) in dtype, and the same values in float64 (what the reference sees)."""
+def _layout(channels_last):
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def _inputs(shape, dtype, device, ties=False, seed=0, channels_last=False):
+    """x (requires grad) in dtype and the layout, and the same values in float64 NCHW (what the
+    reference sees)."""
     x = _to(draw(shape, seed, ties), dtype, device)
-    return x.requires_grad_(), x.detach().to(torch.float64)
+    x64 = x.detach().to(torch.float64)
+    return x.contiguous(memory_format=_layout(channels_last)).requires_grad_(), x64
 
 
 def _grad_like(y, seed=1):
+    """A random grad_y in y's layout (as autograd hands a channels_last network's gradients on),
+    and the same values in float64."""
     grad_y = _to(np.random.default_rng(seed).standard_normal(tuple(y.shape)), y.dtype, y.device)
-    return grad_y, grad_y.to(torch.float64)
+    return grad_y.contiguous(memory_format=_layout(is_channels_last(y))), grad_y.to(torch.float64)
 
 
-def check_triton_max(shape, options, dtype, device, reference="oracle", ties=True):
-    x, x64 = _inputs(shape, dtype, device, ties)
+def _check_layouts(x, tensors):
+    """Every tensor of a channels_last x is channels_last, the triton launches included (the
+    kernels read and write that layout; no copy in or out): the caller's recorded launches."""
+    expected = is_channels_last(x)
+    for name, tensor in tensors.items():
+        assert is_channels_last(tensor) == expected, (name, tensor.stride())
+
+
+def check_triton_max(shape, options, dtype, device, reference="oracle", ties=True, channels_last=False):
+    x, x64 = _inputs(shape, dtype, device, ties, channels_last=channels_last)
     y, indices = max_pool2d(x, **options, return_indices=True, backend="triton")
     assert y.dtype == dtype and indices.dtype == torch.int64
     grad_y, grad_y64 = _grad_like(y)
     y.backward(grad_y)
+    _check_layouts(x, {"y": y, "indices": indices, "grad_x": x.grad})
     expected, expected_indices, expected_grad = _max_reference(x64, grad_y64, options, reference)
     np.testing.assert_array_equal(indices.cpu().numpy(), expected_indices)
     _check({"y": (y, expected), "grad_x": (x.grad, expected_grad)}, dtype)
 
 
-def check_triton_avg(shape, options, dtype, device, reference="oracle"):
-    x, x64 = _inputs(shape, dtype, device)
+def check_triton_avg(shape, options, dtype, device, reference="oracle", channels_last=False):
+    x, x64 = _inputs(shape, dtype, device, channels_last=channels_last)
     y = avg_pool2d(x, **options, backend="triton")
     grad_y, grad_y64 = _grad_like(y)
     y.backward(grad_y)
+    _check_layouts(x, {"y": y, "grad_x": x.grad})
     expected, expected_grad = _avg_reference(x64, grad_y64, options, reference)
     _check({"y": (y, expected), "grad_x": (x.grad, expected_grad)}, dtype)
 
 
-def check_triton_adaptive(shape, size, dtype, device, reference="oracle"):
-    x, x64 = _inputs(shape, dtype, device)
+def check_triton_adaptive(shape, size, dtype, device, reference="oracle", channels_last=False):
+    x, x64 = _inputs(shape, dtype, device, channels_last=channels_last)
     y = adaptive_avg_pool2d(x, size, backend="triton")
     grad_y, grad_y64 = _grad_like(y)
     y.backward(grad_y)
+    if y.shape[2:] != (1, 1):  # a 1x1 output is contiguous as well: its gradient comes back NCHW
+        _check_layouts(x, {"y": y, "grad_x": x.grad})
     expected, expected_grad = _adaptive_reference(x64, grad_y64, size, reference)
     _check({"y": (y, expected), "grad_x": (x.grad, expected_grad)}, dtype)
 
@@ -517,6 +542,65 @@ def check_triton_deterministic(shape, dtype, device):
 @in_interpreter
 def test_triton_interpreter_channels_last(recorded_launches):
     check_channels_last_like_torch("triton", torch.float32)
+    assert {dict(key[1])["CHANNELS_LAST"] for key in recorded_launches} == {True}
+
+
+# Channels_last cases: lanes enumerate (n, h, w, c), so planes interleave in memory; cases with
+# several channels, odd sizes, padding, dilation, ceil_mode and overlapping windows.
+CHANNELS_LAST_MAX = ["3x3-s2-p1", "dilated-ceil", "odd-47x33-dilated-ceil", "overlap-s1-batch3"]
+CHANNELS_LAST_AVG = ["exclude-pad", "ceil-include-pad", "divisor"]
+CHANNELS_LAST_ADAPTIVE = ["uneven", "odd-47x33", "global"]
+
+
+@in_interpreter
+def test_triton_interpreter_channels_last_kernels(recorded_launches):
+    """The kernels' channels_last mode against the oracle (outputs, indices and gradients in
+    channels_last, no copy: every launch recorded here ran in that mode)."""
+    for name in CHANNELS_LAST_MAX:
+        check_triton_max(*TRITON_MAX_CASES[name], torch.float32, "cpu", channels_last=True)
+    for name in CHANNELS_LAST_AVG:
+        check_triton_avg(*TRITON_AVG_CASES[name], torch.float32, "cpu", channels_last=True)
+    for name in CHANNELS_LAST_ADAPTIVE:
+        check_triton_adaptive(*TRITON_ADAPTIVE_CASES[name], torch.float32, "cpu", channels_last=True)
+    layouts = {dict(key[1])["CHANNELS_LAST"] for key in recorded_launches}
+    # the global pool's 1x1 output is contiguous too: its backward runs the NCHW kernel
+    assert layouts == {True, False}, layouts
+
+
+@in_interpreter
+def test_triton_interpreter_channels_last_images_past_int32_run_nchw(recorded_launches, monkeypatch):
+    """The kernels index within a channels_last image in int32: images of 2**31 elements or more
+    (here: more than 100) run the NCHW kernels on a contiguous copy, with the same results and
+    the op's layouts unchanged."""
+    monkeypatch.setattr(pool_kernels(), "INT32_LIMIT", 100)
+    check_triton_max(*TRITON_MAX_CASES["3x3-s2-p1"], torch.float32, "cpu", channels_last=True)
+    check_triton_avg(*TRITON_AVG_CASES["exclude-pad"], torch.float32, "cpu", channels_last=True)
+    check_triton_adaptive(*TRITON_ADAPTIVE_CASES["uneven"], torch.float32, "cpu", channels_last=True)
+    assert {dict(key[1])["CHANNELS_LAST"] for key in recorded_launches} == {False}
+
+
+def test_triton_adaptive_tables_match_the_definition():
+    """The host tables the adaptive kernels read: output windows [floor(i*L/O), ceil((i+1)*L/O)),
+    the windows containing each input (brute force on small axes), the bounds; exact where
+    i * L passes 2**31."""
+    pytest.importorskip("triton")
+    module = pool_kernels()
+    for L, O in ((7, 3), (3, 7), (9, 9), (1, 5), (13, 6)):
+        table, longest, cover = module._adaptive_table(L, O, torch.device("cpu"))
+        windows = [(i * L // O, -(-(i + 1) * L // O)) for i in range(O)]
+        assert table[:O].tolist() == [list(w) for w in windows]
+        for r in range(L):
+            containing = [i for i, (start, end) in enumerate(windows) if start <= r < end]
+            assert containing == list(range(*table[O + r].tolist())), (L, O, r)
+        assert longest == max(end - start for start, end in windows)
+        assert cover == max(end - start for start, end in table[O:].tolist())
+    L, O = 100_003, 70_001
+    table, _, _ = module._adaptive_table(L, O, torch.device("cpu"))
+    assert table.dtype == torch.int32
+    for i in (0, 30_001, O - 1):
+        assert table[i].tolist() == [i * L // O, -(-(i + 1) * L // O)]
+    for r in (0, 77_777, L - 1):
+        assert table[O + r].tolist() == [r * O // L, -(-(r + 1) * O // L)]
 
 
 @in_interpreter
@@ -613,10 +697,13 @@ def test_triton_launch_configs_are_in_gate_configs():
     module = pool_kernels()
     for capability in (80, 90):
         listing = _gate_listing(module, capability)
-        assert len(listing) == len(module.gate_configs(capability)) == 3 * len(module.KERNELS)
+        # kernels x 3 dtypes x 2 layouts
+        assert len(listing) == len(module.gate_configs(capability)) == 6 * len(module.KERNELS)
         for fn in module.KERNELS:
             for dtype in TRITON_DTYPES.values():
-                assert _gate_key(fn.__name__, module.launch_config(fn.__name__, dtype), dtype) in listing
+                for channels_last in (False, True):
+                    config = module.launch_config(fn.__name__, dtype, channels_last)
+                    assert _gate_key(fn.__name__, config, dtype) in listing
         for entry in module.gate_configs(capability):
             fn = getattr(module, entry["kernel"])
             assert list(entry["signature"]) == list(fn.arg_names)
@@ -668,6 +755,17 @@ def test_triton_gpu_avg(name, dtype):
 @pytest.mark.parametrize("name", list(GPU_ADAPTIVE_CASES))
 def test_triton_gpu_adaptive(name, dtype):
     check_triton_adaptive(*GPU_ADAPTIVE_CASES[name], dtype, "cuda", reference="torch")
+
+
+@pytest.mark.gpu
+@gpu_dtypes
+def test_triton_gpu_channels_last(dtype):
+    """The channels_last kernels at realistic sizes (a ResNet's stem pool and head)."""
+    check_triton_max(*GPU_MAX_CASES["resnet-stem-3x3-s2-p1"], dtype, "cuda", reference="torch", channels_last=True)
+    check_triton_max(*GPU_MAX_CASES["dilated"], dtype, "cuda", reference="torch", channels_last=True)
+    check_triton_avg(*GPU_AVG_CASES["ceil-divisor"], dtype, "cuda", reference="torch", channels_last=True)
+    check_triton_adaptive(*GPU_ADAPTIVE_CASES["13-to-6"], dtype, "cuda", reference="torch", channels_last=True)
+    check_triton_adaptive(*GPU_ADAPTIVE_CASES["global-7x7"], dtype, "cuda", reference="torch", channels_last=True)
 
 
 @pytest.mark.gpu

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..backends import resolve_backend
+from ..kernels._launch import is_channels_last  # torch only: shared with the Triton launchers
 from ._recurrence import _BACKEND_DTYPES
 
 __all__ = ["is_int", "int_tuple", "check_tensor", "check_same", "pick_backend", "Implementations",
@@ -95,12 +96,6 @@ def cpu_module(name: str):
 
 
 # --- memory formats: torch's spatial ops return channels_last for channels_last input ---------------
-
-def is_channels_last(t: Tensor) -> bool:
-    """Whether t is a channels_last (N, C, H, W) tensor and not plainly contiguous as well (as a
-    1x1 image or a single channel is): torch's ops keep such inputs' layout in their outputs."""
-    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
-
 
 def empty_in_format(shape, like: Tensor, memory_format: torch.memory_format, dtype=None) -> Tensor:
     """torch.empty in ``memory_format`` with like's dtype (or ``dtype``) and device: what the

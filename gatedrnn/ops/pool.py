@@ -27,7 +27,8 @@ OpenMP over the N*C planes)::
     adaptive_avg_pool2d_forward(x, y, num_threads)
     adaptive_avg_pool2d_backward(grad_y, grad_x, num_threads)
 
-The triton backend is ``gatedrnn.kernels.pool.TritonPool`` (same methods). Its backward kernels
+The triton backend is ``gatedrnn.kernels.pool.TritonPool`` (same methods; it also takes
+channels_last tensors as they are and returns its outputs in their layout). Its backward kernels
 gather, per input element, the gradients of the windows that contain it (deterministic, no
 atomics), so max-pool backward needs the window geometry besides the indices: every backend's
 ``max_backward`` receives it (the CPU backends scatter by index and ignore it).
@@ -154,18 +155,33 @@ _implementations = Implementations("pooling", {
 
 # --- custom ops -------------------------------------------------------------------------------------
 # As torch's pools, the forwards return channels_last outputs (and max-pool indices) for a
-# channels_last input (the backends compute on a contiguous copy; the result is laid out
-# again). The input gradients come back contiguous (torch's follow the input's layout; autograd
-# takes either).
+# channels_last input. The triton kernels read and write channels_last tensors as they are, and
+# their input gradients come in grad_output's layout (as torch's, for a network that stays
+# channels_last). The CPU backends compute on contiguous copies: their forward results are laid
+# out again, their input gradients come back contiguous (autograd takes either).
+_CHANNELS_LAST_BACKENDS = frozenset({"triton"})
+
 
 def _memory_format(input: Tensor) -> torch.memory_format:
     return torch.channels_last if is_channels_last(input) else torch.contiguous_format
 
 
+def _backend_layout(t: Tensor, backend: str) -> torch.memory_format:
+    """The layout ``backend`` computes in for input (or grad_output) t, and returns."""
+    if backend in _CHANNELS_LAST_BACKENDS:
+        return _memory_format(t)
+    return torch.contiguous_format
+
+
+def _for_backend(t: Tensor, backend: str) -> Tensor:
+    """t as ``backend`` reads it: contiguous, or channels_last where it computes in that layout."""
+    return t if _backend_layout(t, backend) == torch.channels_last else t.contiguous()
+
+
 def _max_pool2d_forward(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
                         dilation: Sequence[int], ceil_mode: bool, backend: str) -> Tuple[Tensor, Tensor]:
     memory_format = _memory_format(input)
-    input = input.contiguous()
+    input = _for_backend(input, backend)
     shape = _pool_shape(input.shape, kernel_size, stride, padding, dilation, ceil_mode)
     if input.numel() == 0:
         return (empty_in_format(shape, input, memory_format).zero_(),
@@ -188,10 +204,14 @@ def _(input, kernel_size, stride, padding, dilation, ceil_mode, backend):
 def _max_pool2d_backward_body(grad_output: Tensor, indices: Tensor, input_size: Sequence[int],
                               kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
                               dilation: Sequence[int], backend: str) -> Tensor:
+    layout = _backend_layout(grad_output, backend)
     if grad_output.numel() == 0:
-        return grad_output.new_zeros(tuple(input_size))
-    return _implementations(backend).max_backward(grad_output.contiguous(), indices.contiguous(), list(input_size),
-                                                  list(kernel_size), list(stride), list(padding), list(dilation))
+        return empty_in_format(input_size, grad_output, layout).zero_()
+    # the indices are read at grad_output's offsets: the same layout
+    grad_input = _implementations(backend).max_backward(
+        _for_backend(grad_output, backend), in_format(indices, layout), list(input_size), list(kernel_size),
+        list(stride), list(padding), list(dilation))
+    return in_format(grad_input, layout)
 
 
 _max_pool2d_backward_op = torch.library.custom_op(
@@ -201,7 +221,7 @@ _max_pool2d_backward = eager_or_op(_max_pool2d_backward_op, _max_pool2d_backward
 
 @_max_pool2d_backward_op.register_fake
 def _(grad_output, indices, input_size, kernel_size, stride, padding, dilation, backend):
-    return grad_output.new_empty(tuple(input_size))
+    return empty_in_format(input_size, grad_output, _backend_layout(grad_output, backend))
 
 
 def _max_setup_context(ctx, inputs, output):
@@ -226,7 +246,7 @@ def _avg_pool2d_forward(input: Tensor, kernel_size: Sequence[int], stride: Seque
                         ceil_mode: bool, count_include_pad: bool, divisor_override: Optional[int],
                         backend: str) -> Tensor:
     memory_format = _memory_format(input)
-    input = input.contiguous()
+    input = _for_backend(input, backend)
     if input.numel() == 0:
         return empty_in_format(_pool_shape(input.shape, kernel_size, stride, padding, (1, 1), ceil_mode), input,
                                memory_format).zero_()
@@ -247,11 +267,13 @@ def _(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor
 def _avg_pool2d_backward_body(grad_output: Tensor, input_size: Sequence[int], kernel_size: Sequence[int],
                               stride: Sequence[int], padding: Sequence[int], ceil_mode: bool,
                               count_include_pad: bool, divisor_override: Optional[int], backend: str) -> Tensor:
+    layout = _backend_layout(grad_output, backend)
     if grad_output.numel() == 0:
-        return grad_output.new_zeros(tuple(input_size))
-    return _implementations(backend).avg_backward(grad_output.contiguous(), list(input_size), list(kernel_size),
-                                                  list(stride), list(padding), ceil_mode, count_include_pad,
-                                                  divisor_override)
+        return empty_in_format(input_size, grad_output, layout).zero_()
+    grad_input = _implementations(backend).avg_backward(
+        _for_backend(grad_output, backend), list(input_size), list(kernel_size), list(stride), list(padding),
+        ceil_mode, count_include_pad, divisor_override)
+    return in_format(grad_input, layout)
 
 
 _avg_pool2d_backward_op = torch.library.custom_op(
@@ -261,7 +283,7 @@ _avg_pool2d_backward = eager_or_op(_avg_pool2d_backward_op, _avg_pool2d_backward
 
 @_avg_pool2d_backward_op.register_fake
 def _(grad_output, input_size, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, backend):
-    return grad_output.new_empty(tuple(input_size))
+    return empty_in_format(input_size, grad_output, _backend_layout(grad_output, backend))
 
 
 def _avg_setup_context(ctx, inputs, output):
@@ -280,7 +302,7 @@ _avg_pool2d = eager_or_op(_avg_pool2d_op, _avg_pool2d_forward, _avg_setup_contex
 
 def _adaptive_avg_pool2d_forward(input: Tensor, output_size: Sequence[int], backend: str) -> Tensor:
     memory_format = _memory_format(input)
-    input = input.contiguous()
+    input = _for_backend(input, backend)
     if input.numel() == 0 or 0 in output_size:
         return empty_in_format(tuple(input.shape[:2]) + tuple(output_size), input, memory_format).zero_()
     return in_format(_implementations(backend).adaptive_forward(input, list(output_size)), memory_format)
@@ -296,9 +318,11 @@ def _(input, output_size, backend):
 
 
 def _adaptive_avg_pool2d_backward_body(grad_output: Tensor, input_size: Sequence[int], backend: str) -> Tensor:
+    layout = _backend_layout(grad_output, backend)
     if grad_output.numel() == 0:
-        return grad_output.new_zeros(tuple(input_size))
-    return _implementations(backend).adaptive_backward(grad_output.contiguous(), list(input_size))
+        return empty_in_format(input_size, grad_output, layout).zero_()
+    grad_input = _implementations(backend).adaptive_backward(_for_backend(grad_output, backend), list(input_size))
+    return in_format(grad_input, layout)
 
 
 _adaptive_avg_pool2d_backward_op = torch.library.custom_op(
@@ -308,7 +332,7 @@ _adaptive_avg_pool2d_backward = eager_or_op(_adaptive_avg_pool2d_backward_op, _a
 
 @_adaptive_avg_pool2d_backward_op.register_fake
 def _(grad_output, input_size, backend):
-    return grad_output.new_empty(tuple(input_size))
+    return empty_in_format(input_size, grad_output, _backend_layout(grad_output, backend))
 
 
 def _adaptive_setup_context(ctx, inputs, output):
