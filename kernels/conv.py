@@ -544,7 +544,11 @@ def conv2d_input_grad_nhwc_kernel(
         PRECISION: tl.constexpr):
     """grad_x tile (BLOCK_M input pixels of one stride phase) x (BLOCK_N input channels of one
     group), as conv2d_input_grad_kernel (same phases and taps) with grad_y and grad_x of unit
-    channel stride and w (C_out, KH, KW, Cg) contiguous.
+    channel stride. The weight comes packed by ``_input_grad_weight``: for TF32 dots (K-major,
+    which sm_90's wgmma needs to take float32 tiles by 16-byte copies) (groups, KH, KW, Cg, Cog)
+    contiguous, the output channels the dot reduces over innermost; otherwise (C_out, KH, KW, Cg)
+    (16-bit dots take either; the float32 "ieee" dot, on FMA units, spilled with the K-major
+    tile under Triton 3.6).
     grid = (cdiv(N*H_phase*W_phase, BLOCK_M), groups*n_ctiles, stride_h*stride_w)."""
     C_group = C_group_v * VEC
     C_out_group = C_out_group_v * VEC
@@ -563,7 +567,11 @@ def conv2d_input_grad_nhwc_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < C_group
     taps = KH * KW
-    w_cols = w_ptr + group * C_out_group * (taps * C_group) + offs_n
+    tap_size = C_group * C_out_group  # one group's weights for one tap
+    if PRECISION == "tf32":
+        w_cols = w_ptr + group * taps * tap_size + offs_n * C_out_group
+    else:
+        w_cols = w_ptr + group * C_out_group * (taps * C_group) + offs_n
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     n_oblocks = tl.cdiv(C_out_group, BLOCK_K)
@@ -578,8 +586,11 @@ def conv2d_input_grad_nhwc_kernel(
         pix_ok = m_ok & (oh >= 0) & (oh < H_out) & (ow >= 0) & (ow < W_out)
         gyt = tl.load(gy_pix[:, None] + (oh * sgh + ow * sgw)[:, None] + out_in_group[None, :],
                       mask=pix_ok[:, None] & o_ok[None, :], other=0.0)
-        wt = tl.load(w_cols[None, :] + ((out_in_group * taps + kh * KW + kw) * C_group)[:, None],
-                     mask=o_ok[:, None] & n_ok[None, :], other=0.0)
+        if PRECISION == "tf32":
+            w_rows = (kh * KW + kw) * tap_size + out_in_group
+        else:
+            w_rows = (out_in_group * taps + kh * KW + kw) * C_group
+        wt = tl.load(w_cols[None, :] + w_rows[:, None], mask=o_ok[:, None] & n_ok[None, :], other=0.0)
         acc = tl.dot(gyt, wt, acc, input_precision=PRECISION)
     gx_pix = gx_ptr + n.to(tl.int64) * sxn + ih * sxh + iw * sxw
     tl.store(gx_pix[:, None] + (group * C_group + offs_n)[None, :], acc.to(gx_ptr.dtype.element_ty),
@@ -731,8 +742,8 @@ VEC = {torch.float32: 4, torch.bfloat16: 8, torch.float16: 8}
 #   (sm_80).
 # - float32 (TF32 or "ieee", which runs its dots on FMA units with the operands in registers,
 #   so it sets the limits): 128 x 64 at 8 warps; forward 32-channel steps (ieee 212/158
-#   registers; 128 x 128 spilled 16 B on sm_80), input gradient 16-channel steps (at 32, ptxas
-#   held TF32 at 128 registers and spilled 8 B, sm_80).
+#   registers; 128 x 128 spilled 16 B on sm_80), input gradient 16-channel steps (at 32, ieee
+#   spilled 16 B (sm_90 under 3.9, sm_80 under 3.6) and TF32 8 B (sm_80 under 3.6)).
 # - weight gradient: 64 out x 64 in channels x 64 pixels (16-bit) / 32 (float32), 4 warps
 #   (79..217 registers); the pixel reduction is split over programs as in the strided kernel.
 NHWC_BLOCK_PIXELS = 128
@@ -1010,6 +1021,18 @@ def _ohwi(w: torch.Tensor) -> torch.Tensor:
     return packed if packed.data_ptr() % 16 == 0 else packed.clone()
 
 
+def _input_grad_weight(w: torch.Tensor, groups: int, precision: str) -> torch.Tensor:
+    """w (C_out, Cg, KH, KW) as the NHWC input-gradient kernel reads it with dots of
+    ``precision``: for "tf32" (groups, KH, KW, Cg, Cog) contiguous and 16-byte aligned, output
+    channels innermost (a copy each call: the weight is small beside the activations), else as
+    the other NHWC kernels (``_ohwi``)."""
+    if precision != "tf32":
+        return _ohwi(w)
+    C_out, C_group, KH, KW = w.shape
+    packed = w.view(groups, C_out // groups, C_group, KH, KW).permute(0, 3, 4, 2, 1).contiguous()
+    return packed if packed.data_ptr() % 16 == 0 else packed.clone()
+
+
 def conv2d_forward(x, w, b, stride, padding, dilation, groups):
     """x (N, C_in, H, W), w (C_out, C_in/groups, KH, KW), b (C_out,) or None; stride/dilation
     (h, w), padding (top, bottom, left, right) -> y (N, C_out, H_out, W_out): channels_last where
@@ -1073,9 +1096,9 @@ def _input_grad(grad_y, x, w, stride, padding, dilation, groups, layout):
     if layout == "nhwc":
         vec = VEC[x.dtype]
         conv2d_input_grad_nhwc_kernel[grid](
-            grad_y, _ohwi(w), grad_x, H, W, H_out, W_out, M_phase, H_phase, W_phase, C_group // vec,
-            C_out_group // vec, *conv, step_h, step_w, n_ctiles, *_nhwc_arguments(grad_y, grad_x), **meta,
-            **plan.options())
+            grad_y, _input_grad_weight(w, groups, meta["PRECISION"]), grad_x, H, W, H_out, W_out, M_phase,
+            H_phase, W_phase, C_group // vec, C_out_group // vec, *conv, step_h, step_w, n_ctiles,
+            *_nhwc_arguments(grad_y, grad_x), **meta, **plan.options())
         return grad_x
     conv2d_input_grad_kernel[grid](grad_y, w, grad_x, H, W, H_out, W_out, M_phase, H_phase, W_phase, C_group,
                                    C_out_group, *conv, step_h, step_w, n_ctiles, *strides, **meta,

@@ -686,6 +686,25 @@ def test_triton_interpreted_nhwc_matches_oracle(monkeypatch, name, dtype):
 
 
 @needs_interpreter
+def test_triton_interpreted_nhwc_tf32_weight_packing(monkeypatch):
+    """The NHWC input gradient's TF32 path, which reads the weight packed K-major (groups, KH, KW,
+    Cg, Cog) (the interpreter picks "ieee" dots by itself; here the launcher is told TF32)."""
+    kernels = conv_kernels()
+    monkeypatch.setattr(kernels, "dot_precision", lambda dtype: "tf32" if dtype == torch.float32 else "ieee")
+    packed = []
+    pack = kernels._input_grad_weight
+
+    def recorded(w, groups, precision):
+        packed.append(precision)
+        return pack(w, groups, precision)
+
+    monkeypatch.setattr(kernels, "_input_grad_weight", recorded)
+    for name in ("nhwc-grouped-s2x1-d2", "nhwc-1x1-s2-wide", "nhwc-same-even-dilated"):
+        run_against_oracle("triton", torch.float32, NHWC_CASES[name], channels_last=True, tolerance=5e-3)
+    assert packed == ["tf32"] * 3, packed
+
+
+@needs_interpreter
 def test_triton_interpreted_nhwc_forced_on_contiguous_input(monkeypatch):
     """GATEDRNN_TRITON_CONV_LAYOUT=nhwc: NCHW x and grad_y are copied to channels_last for the
     NHWC kernels; y and the gradients still come back in x's layout (contiguous)."""
