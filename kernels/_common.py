@@ -1213,7 +1213,9 @@ def recurrent_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
     b_hn = (b_hh[2 * H:] if (cell == CELL_GRU and b_hh is not None)
             else torch.zeros(H, dtype=x.dtype, device=dev))
     sem = torch.zeros(cfg.n_btiles, dtype=torch.int32, device=dev)
-    lengths = lengths.to(device=dev, dtype=torch.int64)
+    # The ops pass lengths on the CPU (checked there without a device sync); a pageable-memory
+    # copy with non_blocking=True does not wait for the stream either (non_blocking=False would).
+    lengths = lengths.to(device=dev, dtype=torch.int64, non_blocking=True)
     two_phase = cell == CELL_GRU_RESET_BEFORE
     gemm = cfg.mode == "gemm"
     precision = dot_precision(x.dtype)
@@ -1319,7 +1321,7 @@ def recurrent_backward(cell, grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w
     dgate = _empty(T, B, G * HP, dtype=x.dtype, device=dev)
     dgate_n = (_empty(T, B, H, dtype=x.dtype, device=dev) if cell == CELL_GRU else dgate)
     sem = torch.zeros(cfg.n_btiles, dtype=torch.int32, device=dev)
-    lengths_d = lengths.to(device=dev, dtype=torch.int64)
+    lengths_d = lengths.to(device=dev, dtype=torch.int64, non_blocking=True)  # (as in the forward)
     c0_arg = c0 if c0 is not None else h0
     two_phase = cell == CELL_GRU_RESET_BEFORE
     gemm = cfg.mode == "gemm"

@@ -275,6 +275,43 @@ def test_torch_compile_fullgraph_matches_eager(backend):
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_lengths_checked_inside_compiled_graphs_and_direct_op_calls(cell, backend):
+    """The kernels index time by lengths; a compiled graph skips the functional API's
+    data-dependent checks, and a direct call of the op skips the API altogether. The ops' bodies
+    check the values themselves (a clear error, not a read or write out of bounds), forward and
+    backward."""
+    torch._dynamo.reset()
+    x, hx, *weights = make_args(cell)  # T = 4, B = 3
+
+    def last_state(x, lengths):
+        return call(cell, x, hx, *weights, lengths=lengths, reverse=True, backend=backend)[1]
+
+    compiled = torch.compile(last_state, fullgraph=True, backend="aot_eager")
+    compiled(x, torch.tensor([4, 2, 0]))  # valid lengths run
+    for bad, values in (([7, 2, 1], r"\[1, 7\]"), ([4, -5, 1], r"\[-5, 4\]"), ([10**7, 2, 1], r"\[1, 10000000\]")):
+        with pytest.raises(ValueError, match=r"lengths must lie in \[0, T\] = \[0, 4\], got values in " + values):
+            compiled(x, torch.tensor(bad))
+    op = getattr(torch.ops.gatedrnn, cell).default
+    args = list(_op_args(cell, backend, reverse=True))
+    lengths_at = 1 + (2 if cell == "lstm" else 1) + 4  # after input, the states, 2 weights, 2 biases
+    args[lengths_at] = torch.tensor([4, 9, 2])
+    with pytest.raises(ValueError, match=r"got values in \[2, 9\]"):
+        op(*args)
+    args[lengths_at] = torch.tensor([4, 2])
+    with pytest.raises(ValueError, match=r"lengths must have shape \(batch,\) = \(3,\), got \(2,\)"):
+        op(*args)
+    args[lengths_at] = torch.tensor([4, 2, 1])
+    output, *finals, workspace = op(*args)
+    backward = getattr(torch.ops.gatedrnn, f"{cell}_backward").default
+    grads = [torch.randn_like(output)] + [torch.randn_like(f) for f in finals]
+    forward_args = args[:-1]
+    forward_args[lengths_at] = torch.tensor([4, 2, 5])
+    with pytest.raises(ValueError, match=r"got values in \[2, 5\]"):
+        backward(*grads, *forward_args, output, workspace, backend)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_eager_inference_skips_the_custom_op(cell, backend):
     """Without anything for autograd to record (no_grad, or no input requiring grad; parameters
     of a module count as plain tensors) the op's body runs directly, with the same outputs; an

@@ -127,6 +127,25 @@ def test_out_of_range_indices_are_an_error(backend, bad):
         embedding(torch.tensor([0, bad, 2]), weight, backend=backend)
 
 
+def check_indices_checked_when_compiled_and_called_directly(backend):
+    """A compiled graph skips the functional API's data-dependent checks and a direct call of the
+    op skips the API: the op's body checks the indices itself (the Triton kernels trust it)."""
+    torch._dynamo.reset()
+    weight = torch.arange(12.0).reshape(4, 3)
+    compiled = torch.compile(lambda i, w: embedding(i, w, backend=backend), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(torch.tensor([3, 1]), weight), weight[[3, 1]])
+    for bad in ([7, 1], [-1, 1], [4, 1]):
+        with pytest.raises(IndexError, match=r"input indices must lie in \[0, num_embeddings\) = \[0, 4\)"):
+            compiled(torch.tensor(bad), weight)
+    with pytest.raises(IndexError, match=r"got values in \[0, 9\]"):
+        torch.ops.gatedrnn.embedding.default(weight, torch.tensor([0, 9]), -1, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_indices_checked_when_compiled_and_called_directly(backend):
+    check_indices_checked_when_compiled_and_called_directly(backend)
+
+
 @needs_cython("embedding")
 def test_cython_kernel_checks_indices_itself():
     extension = embedding_ops.cpu_module("embedding")
@@ -307,6 +326,11 @@ def test_triton_interpreter_against_oracle_int32_indices(recorded_launches):
     assert_close({"y": (y, oracle.embedding_forward(indices, weight.astype(np.float32))),
                   "grad_weight": (weight_t.grad, oracle.embedding_backward(grad_y, indices, weight.shape[0],
                                                                            padding_idx))}, torch.float32)
+
+
+@in_interpreter
+def test_triton_interpreter_indices_checked_when_compiled_and_called_directly(recorded_launches):
+    check_indices_checked_when_compiled_and_called_directly("triton")
 
 
 @in_interpreter

@@ -10,6 +10,8 @@ the interpreter when the kernel module is imported, so those cases run in a fres
 float32/bfloat16/float16 against torch in float64 on the device.
 """
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -314,22 +316,59 @@ def test_modules_match_torch(backend):
         assert ours.state_dict().keys() == reference.state_dict().keys()
 
 
+def max_gradient_by_windows(x, grad_y, kernel, stride, padding, dilation):
+    """d(sum grad_y * max_pool(x)) / dx from the windows themselves (the taps inside the input;
+    the first maximum wins): a window with no input element is -inf whatever x is, so its
+    gradient goes nowhere. Independent of the indices."""
+    grad_x = torch.zeros_like(x)
+    for n, c, oh, ow in itertools.product(*map(range, grad_y.shape)):
+        taps = [(r, q) for r in range(oh * stride[0] - padding[0], oh * stride[0] - padding[0]
+                                      + kernel[0] * dilation[0], dilation[0])
+                for q in range(ow * stride[1] - padding[1], ow * stride[1] - padding[1]
+                               + kernel[1] * dilation[1], dilation[1])
+                if 0 <= r < x.shape[2] and 0 <= q < x.shape[3]]
+        if taps:
+            r, q = max(taps, key=lambda tap: (x[n, c][tap], -taps.index(tap)))
+            grad_x[n, c, r, q] += grad_y[n, c, oh, ow]
+    return grad_x
+
+
+# Windows with no input element (dilation steps every tap over the input): torch returns -inf
+# and an index that points past the plane or, in a 1-wide plane, at the next row's element.
+# Torch's backward then writes there (past the end of its buffer, or onto that element), so it
+# is not the reference here.
+MISSING_WINDOW_CASES = {
+    "past-the-plane-ceil": ((1, 2, 1, 3), dict(kernel_size=(2, 2), stride=(4, 1), padding=(1, 1), dilation=(2, 1),
+                                               ceil_mode=True)),
+    "aliases-next-row": ((1, 2, 12, 1), dict(kernel_size=2, stride=(1, 2), padding=1, dilation=(1, 2))),
+    "every-row-missed": ((2, 1, 3, 5), dict(kernel_size=(2, 3), stride=1, padding=1, dilation=(4, 1))),
+}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_max_window_that_misses_the_input(backend):
-    """Dilation plus ceil_mode can give a window with no input element: torch returns -inf and
-    an index past the plane (and its backward then writes into the next plane, or past the end;
-    so torch's backward is not run here). We match the forward and give that window's gradient
-    to nothing."""
-    x = torch.randn(1, 2, 1, 3, dtype=torch.float64)
-    options = dict(kernel_size=(2, 2), stride=(4, 1), padding=(1, 1), dilation=(2, 1), ceil_mode=True)
+@pytest.mark.parametrize("name", list(MISSING_WINDOW_CASES))
+def test_max_window_that_misses_the_input(backend, name):
+    """We match torch's forward (-inf, its index) and give such a window's gradient to no
+    element, including where its index aliases a real one; every other window's gradient goes to
+    its maximum."""
+    shape, options = MISSING_WINDOW_CASES[name]
+    x = torch.randn(shape, dtype=torch.float64)
     expected, expected_indices = F.max_pool2d(x, **options, return_indices=True)
     x.requires_grad_()
     y, indices = max_pool2d(x, **options, return_indices=True, backend=backend)
     torch.testing.assert_close(y, expected, rtol=0, atol=0)
     torch.testing.assert_close(indices, expected_indices, rtol=0, atol=0)
-    assert bool((indices >= 3).any()) and bool(torch.isinf(y).all())
-    y.backward(torch.ones_like(y))
-    assert torch.count_nonzero(x.grad) == 0
+    assert bool(torch.isinf(y).any())
+    grad_y = torch.randn_like(y)
+    y.backward(grad_y)
+    geometry = [int_pair(options.get(k, d)) for k, d in (("kernel_size", None), ("stride", None),
+                                                         ("padding", 0), ("dilation", 1))]
+    reference = max_gradient_by_windows(x.detach(), grad_y, *geometry)
+    torch.testing.assert_close(x.grad, reference, rtol=0, atol=0)
+
+
+def int_pair(value):
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 @needs_cython("pool")
@@ -643,8 +682,8 @@ def test_triton_interpreter_max_nan_and_infinity(recorded_launches):
 def test_triton_interpreter_windows_that_miss_the_input(recorded_launches):
     """Dilation steps over the input: -inf and torch's index. Such a window's output does not
     depend on the input, so no element gets its gradient, also where torch's index (first
-    column past a 1-wide plane) aliases the next row's element, which the CPU backends'
-    scatter-by-index credits (see report); the gather here does not."""
+    column past a 1-wide plane) aliases the next row's element (the gather never credits it;
+    the CPU backends drop those windows' gradients before they scatter)."""
     for shape, options in (((1, 2, 1, 3), dict(kernel_size=(2, 2), stride=(4, 1), padding=(1, 1), dilation=(2, 1),
                                                 ceil_mode=True)),
                            ((1, 1, 3, 1), dict(kernel_size=(1, 2), stride=1, padding=(0, 1), dilation=(1, 2)))):

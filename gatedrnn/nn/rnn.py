@@ -106,7 +106,8 @@ def _packed_layout(batch_sizes: Tensor, num_rows: int, device: torch.device) -> 
 
     A packed batch stores step t of the sorted sequences 0..batch_sizes[t]-1 in rows
     ``starts[t] .. starts[t] + batch_sizes[t] - 1``. Returns ``(flat_index (N,), lengths (B,),
-    B)`` in the *sorted* order of the pack (as torch computes), on ``device``.
+    B)`` in the *sorted* order of the pack (as torch computes): flat_index on ``device``, lengths
+    on the CPU, where the ops take them.
     """
     batch_sizes = batch_sizes.to("cpu", torch.int64)
     batch = int(batch_sizes[0])
@@ -117,7 +118,7 @@ def _packed_layout(batch_sizes: Tensor, num_rows: int, device: torch.device) -> 
     flat_index = step * batch + (rows - starts[step])
     # Sequence b (sorted) is valid at every step whose batch size exceeds b.
     lengths = (batch_sizes.unsqueeze(0) > torch.arange(batch).unsqueeze(1)).sum(1)
-    return flat_index.to(device), lengths.to(device), batch
+    return flat_index.to(device), lengths, batch
 
 
 def _pad(data: Tensor, flat_index: Tensor, seq_len: int, batch: int) -> Tensor:

@@ -353,7 +353,7 @@ def prepare(spec: Recurrence, input, hx, weight_ih, weight_hh, bias_ih, bias_hh,
 
     check_like_input(named, input)
 
-    lengths = _prepare_lengths(lengths, seq_len, batch, device)
+    lengths = _prepare_lengths(lengths, seq_len, batch)
     backend_name = resolve_backend(backend, device)
     if dtype not in _BACKEND_DTYPES[backend_name]:
         supported = ", ".join(str(d) for d in _BACKEND_DTYPES[backend_name])
@@ -364,10 +364,12 @@ def prepare(spec: Recurrence, input, hx, weight_ih, weight_hh, bias_ih, bias_hh,
     return Prepared(x, states, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, backend_name)
 
 
-def _prepare_lengths(lengths, seq_len: int, batch: int, device: torch.device) -> Tensor:
-    """``lengths`` as an int64 tensor (B,) on ``device``, checked to lie in [0, T]."""
+def _prepare_lengths(lengths, seq_len: int, batch: int) -> Tensor:
+    """``lengths`` as an int64 CPU tensor (B,), its type and shape checked; the ops' bodies
+    check the values (:func:`check_lengths`). On the CPU whatever the input's device, so that
+    check costs no device synchronisation (the Triton launchers copy the B values over)."""
     if lengths is None:
-        return torch.full((batch,), seq_len, dtype=torch.int64, device=device)
+        return torch.full((batch,), seq_len, dtype=torch.int64)
     if not isinstance(lengths, Tensor):
         if isinstance(lengths, (str, bytes)) or not isinstance(lengths, Sequence):
             raise TypeError(f"lengths must be an integer tensor or a sequence of ints, got {type(lengths).__name__}")
@@ -378,12 +380,24 @@ def _prepare_lengths(lengths, seq_len: int, batch: int, device: torch.device) ->
         raise TypeError(f"lengths must have an integer dtype, got {lengths.dtype}")
     if _shape(lengths) != (batch,):
         raise ValueError(f"lengths must have shape (batch,) = ({batch},), got {_shape(lengths)}")
-    # A data-dependent check would break a torch.compile graph; compiled code relies on eager runs.
-    if batch and not torch.compiler.is_compiling():
-        low, high = int(lengths.min()), int(lengths.max())
+    return lengths.to(device="cpu", dtype=torch.int64)
+
+
+def check_lengths(lengths: Tensor, seq_len: int, batch: int) -> None:
+    """ValueError unless ``lengths`` is an integer tensor (B,) with values in [0, T].
+
+    Called by the ops' bodies, not by the functional API: a custom op's body runs eagerly even
+    inside a torch.compile graph (where a data-dependent check in the traced code would break
+    the graph), and every kernel indexes time by these values, so an unchecked length would read
+    and write out of bounds. Direct calls of ``torch.ops.gatedrnn.*`` get the same check."""
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths must have an integer dtype, got {lengths.dtype}")
+    if _shape(lengths) != (batch,):
+        raise ValueError(f"lengths must have shape (batch,) = ({batch},), got {_shape(lengths)}")
+    if batch:
+        low, high = (int(v) for v in torch.aminmax(lengths))
         if low < 0 or high > seq_len:
             raise ValueError(f"lengths must lie in [0, T] = [0, {seq_len}], got values in [{low}, {high}]")
-    return lengths.to(device=device, dtype=torch.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,6 +453,7 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
     def forward(*args):
         args = [a.contiguous() if isinstance(a, Tensor) else a for a in args]
         x, states, (w_ih, w_hh, b_ih, b_hh, lengths, reverse), opts, backend = split_forward(args)
+        check_lengths(lengths, x.shape[0], x.shape[1])
         hidden_size = w_hh.shape[1]
         if x.shape[0] == 0 or x.shape[1] == 0:
             # Nothing to run: every sequence keeps its initial state.
@@ -466,6 +481,7 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
         args = [a.contiguous() if isinstance(a, Tensor) else a for a in args]
         grads, forward_args, output, workspace = split_backward(args)
         x, states, (w_ih, w_hh, b_ih, b_hh, lengths, reverse), opts, backend = split_forward(forward_args)
+        check_lengths(lengths, x.shape[0], x.shape[1])
         if x.shape[0] == 0 or x.shape[1] == 0:
             # The final states are the initial states: their gradients pass straight through.
             gate_rows = w_hh.shape[0]

@@ -2,8 +2,10 @@
 
 Forward gathers ``weight[input]``; backward adds each occurrence's output gradient to its row,
 deterministically (a fixed summation order, no float atomics); the ``padding_idx`` row gets no
-gradient. Indices are range-checked before any backend runs (and again inside the Cython
-kernel), so a bad index is an error, never a read outside ``weight``.
+gradient. Indices are range-checked in the forward op's body, before any backend runs (and
+again inside the Cython kernel), so a bad index is an error, never a read outside ``weight``:
+also inside a torch.compile graph (a custom op's body runs eagerly there) and on a direct call
+of the op.
 
 Custom ops (indices flattened to int64 (N,); ``padding_idx`` normalised to [0, V) or -1 for none)::
 
@@ -75,8 +77,18 @@ _implementations = Implementations("embedding", {
 })
 
 
+def _check_indices(indices: Tensor, num_weights: int) -> None:
+    """IndexError unless every index lies in [0, V) (the Triton kernels trust it)."""
+    if indices.numel():
+        low, high = (int(v) for v in torch.aminmax(indices))
+        if low < 0 or high >= num_weights:
+            raise IndexError(f"embedding: input indices must lie in [0, num_embeddings) = [0, {num_weights}), "
+                             f"got values in [{low}, {high}]")
+
+
 def _embedding_forward(weight: Tensor, indices: Tensor, padding_idx: int, backend: str) -> Tensor:
     weight, indices = weight.contiguous(), indices.contiguous()
+    _check_indices(indices, weight.shape[0])
     if indices.shape[0] == 0 or weight.shape[1] == 0:
         return weight.new_zeros((indices.shape[0], weight.shape[1]))
     forward, _ = _implementations(backend)
@@ -168,14 +180,7 @@ def embedding(
             raise ValueError(f"{op}: padding_idx must lie in [-num_embeddings, num_embeddings) = "
                              f"[{-num_weights}, {num_weights}), got {padding_idx}")
         padding = padding_idx % num_weights
-    indices = input.reshape(-1).to(torch.int64)
-    # A data-dependent check would break a torch.compile graph; compiled code relies on eager runs
-    # (and the Cython kernel checks every index itself).
-    if indices.numel() and not torch.compiler.is_compiling():
-        low, high = int(indices.min()), int(indices.max())
-        if low < 0 or high >= num_weights:
-            raise IndexError(f"{op}: input indices must lie in [0, num_embeddings) = [0, {num_weights}), "
-                             f"got values in [{low}, {high}]")
+    indices = input.reshape(-1).to(torch.int64)  # (their values: checked in the op's body)
     name = pick_backend(backend, weight.dtype, weight.device)
     output = _embedding(weight, indices, padding, name)
     return output.reshape(tuple(input.shape) + (weight.shape[1],))

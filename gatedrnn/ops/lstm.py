@@ -219,13 +219,14 @@ def _lstm_with_projection(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, wei
     reverse, batch_first = bool(reverse), bool(batch_first)
     seq_len, batch, _ = x.shape
     proj_size, hidden_size = weight_hr.shape
-    lengths = _prepare_lengths(lengths, seq_len, batch, x.device)
+    lengths = _prepare_lengths(lengths, seq_len, batch)  # (the lstm op checks its values)
     if h0 is None:
         h0 = x.new_zeros(batch, proj_size)
     if c0 is None:
         c0 = x.new_zeros(batch, hidden_size)
     steps = torch.arange(seq_len, device=x.device).unsqueeze(1)
-    first = lengths - 1 if reverse else torch.zeros_like(lengths)
+    lengths_here = lengths.to(x.device)
+    first = lengths_here - 1 if reverse else torch.zeros_like(lengths_here)
     is_first = (steps == first.unsqueeze(0)).to(x.dtype).unsqueeze(-1)  # (T, B, 1)
     x_with_h0 = torch.cat([x, is_first * h0.unsqueeze(0)], dim=-1)
     m, (m_n, c_n) = lstm(
@@ -234,5 +235,5 @@ def _lstm_with_projection(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, wei
     )
     output = m @ weight_hr.t()  # zero past each length, as m is
     # A sequence that ran no step keeps h_0 (m_n = m_0 = 0 would project to 0).
-    h_n = torch.where((lengths > 0).unsqueeze(1), m_n @ weight_hr.t(), h0)
+    h_n = torch.where((lengths_here > 0).unsqueeze(1), m_n @ weight_hr.t(), h0)
     return finish_output(output, batch_first), (h_n, c_n)

@@ -31,7 +31,8 @@ The triton backend is ``gatedrnn.kernels.pool.TritonPool`` (same methods; it als
 channels_last tensors as they are and returns its outputs in their layout). Its backward kernels
 gather, per input element, the gradients of the windows that contain it (deterministic, no
 atomics), so max-pool backward needs the window geometry besides the indices: every backend's
-``max_backward`` receives it (the CPU backends scatter by index and ignore it).
+``max_backward`` receives it (the CPU backends scatter by index; they use it only to drop the
+gradients of windows that hold no input element, whose indices are not theirs).
 """
 from __future__ import annotations
 
@@ -63,6 +64,25 @@ def _pool_shape(input_shape, kernel, stride, padding, dilation, ceil_mode) -> Tu
         for a in range(2))
 
 
+def _without_empty_windows(grad_y: Tensor, input_size, kernel, stride, padding, dilation) -> Tensor:
+    """grad_y with zeros at the windows that hold no input element, for the backends that
+    scatter by index. Such a window's output is -inf whatever the input, so its gradient goes
+    nowhere; but its index (torch's: the first non-negative row and column) can point past the
+    plane or alias an element of the next row. Only dilation can step every tap over the input
+    (the padding is at most half the kernel), so undilated calls return grad_y itself."""
+    if tuple(dilation) == (1, 1):
+        return grad_y
+    axes = []
+    for a in range(2):
+        starts = torch.arange(grad_y.shape[2 + a]) * stride[a] - padding[a]
+        taps = starts[:, None] + torch.arange(kernel[a]) * dilation[a]
+        axes.append(((taps >= 0) & (taps < input_size[2 + a])).any(dim=1))
+    meets_input = axes[0][:, None] & axes[1][None, :]
+    if bool(meets_input.all()):
+        return grad_y
+    return grad_y * meets_input.to(device=grad_y.device, dtype=grad_y.dtype)
+
+
 # --- numpy backend --------------------------------------------------------------------------------
 
 class _NumpyPool:
@@ -73,6 +93,7 @@ class _NumpyPool:
 
     @staticmethod
     def max_backward(grad_y, indices, input_size, kernel, stride, padding, dilation):
+        grad_y = _without_empty_windows(grad_y, input_size, kernel, stride, padding, dilation)
         return from_numpy(oracle.max_pool2d_backward(to_numpy64(grad_y), to_numpy64(indices), input_size), grad_y)
 
     @staticmethod
@@ -110,6 +131,7 @@ class _CythonPool:
         return y, indices
 
     def max_backward(self, grad_y, indices, input_size, kernel, stride, padding, dilation):
+        grad_y = _without_empty_windows(grad_y, input_size, kernel, stride, padding, dilation)
         grad_x = new_output(input_size, grad_y.dtype, grad_y.device)
         run_cpu_kernel(self.extension.max_pool2d_backward, grad_y, indices, grad_x)
         return grad_x
