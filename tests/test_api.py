@@ -312,6 +312,37 @@ def test_lengths_checked_inside_compiled_graphs_and_direct_op_calls(cell, backen
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_direct_op_calls_check_shapes(cell, backend):
+    """torch.ops.gatedrnn.<cell> skips the functional API: its body still refuses tensors whose
+    shapes, dtypes or devices the kernels would read past (e.g. h0 with a row too few)."""
+    op = getattr(torch.ops.gatedrnn, cell).default
+    backward = getattr(torch.ops.gatedrnn, f"{cell}_backward").default
+    args = list(_op_args(cell, backend))  # T = 4, B = 3, I = 5, H = 6
+    rows = GATES[cell] * 6
+    first_weight = 1 + (2 if cell == "lstm" else 1)
+    for at, bad, message in (
+        (1, torch.randn(2, 6, dtype=torch.float64), r"h0 must have shape \(3, 6\), got \(2, 6\)"),
+        (first_weight, torch.randn(rows, 12, dtype=torch.float64), rf"weight_ih must have shape \({rows}, 5\)"),
+        (first_weight + 2, torch.randn(2, dtype=torch.float64), rf"bias_ih must have shape \({rows},\)"),
+        (first_weight + 1, torch.randn(rows, 6), "weight_hh must have dtype torch.float64, got torch.float32"),
+        (0, torch.randn(4, 3, dtype=torch.float64), "must be 3-D, 2-D and 2-D"),
+    ):
+        broken = list(args)
+        broken[at] = bad
+        with pytest.raises((ValueError, TypeError), match=message):
+            op(*broken)
+    output, *finals, workspace = op(*args)
+    grads = [torch.randn_like(output)] + [torch.randn_like(f) for f in finals]
+    forward_args = args[:-1]
+    with pytest.raises(ValueError, match=r"grad_output must have shape \(4, 3, 6\), got \(4, 3, 5\)"):
+        backward(grads[0][..., :5], *grads[1:], *forward_args, output, workspace, backend)
+    with pytest.raises(ValueError, match="workspace must be the forward's"):
+        backward(*grads, *forward_args, output, workspace[:2], backend)
+    backward(*grads, *forward_args, output, workspace, backend)  # the consistent call runs
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_eager_inference_skips_the_custom_op(cell, backend):
     """Without anything for autograd to record (no_grad, or no input requiring grad; parameters
     of a module count as plain tensors) the op's body runs directly, with the same outputs; an

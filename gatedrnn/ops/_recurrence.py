@@ -400,6 +400,25 @@ def check_lengths(lengths: Tensor, seq_len: int, batch: int) -> None:
             raise ValueError(f"lengths must lie in [0, T] = [0, {seq_len}], got values in [{low}, {high}]")
 
 
+def check_op_tensors(op: str, expected: Sequence[Tuple[str, Optional[Tensor], Tuple[int, ...]]],
+                     like: Tensor) -> None:
+    """ValueError/TypeError unless each (argument, tensor or None, shape) has that shape and
+    like's device (and floating tensors like's dtype).
+
+    Metadata only (no device work): the ops' bodies run it so that a direct call of
+    ``torch.ops.gatedrnn.*``, which skips the functional API's checks, cannot make a kernel read
+    or write outside a tensor. The functional API has checked all of it with friendlier words."""
+    for argument, tensor, shape in expected:
+        if tensor is None:
+            continue
+        if _shape(tensor) != tuple(shape):
+            raise ValueError(f"{op}: {argument} must have shape {tuple(shape)}, got {_shape(tensor)}")
+        if tensor.device != like.device:
+            raise ValueError(f"{op}: {argument} must be on {like.device}, got {tensor.device}")
+        if tensor.is_floating_point() and tensor.dtype != like.dtype:
+            raise TypeError(f"{op}: {argument} must have dtype {like.dtype}, got {tensor.dtype}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Custom ops
 # ---------------------------------------------------------------------------------------------
@@ -450,10 +469,25 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
     def workspace_shape(x: Tensor, hidden_size: int, opts) -> Tuple[int, int, int]:
         return (x.shape[0], x.shape[1], spec.workspace_width(*opts) * hidden_size)
 
+    def check_forward_arguments(op, x, states, w_ih, w_hh, b_ih, b_hh, lengths):
+        """The shapes the kernels assume (T, B, I from x, H from weight_hh), and the lengths."""
+        if x.dim() != 3 or w_hh.dim() != 2 or w_ih.dim() != 2:
+            raise ValueError(f"{op}: input (T, B, I), weight_ih and weight_hh must be 3-D, 2-D and 2-D, got "
+                             f"{x.dim()}-D, {w_ih.dim()}-D and {w_hh.dim()}-D")
+        seq_len, batch, input_size = x.shape
+        hidden_size = w_hh.shape[1]
+        rows = spec.num_gates * hidden_size
+        check_op_tensors(op, [
+            *[(name, state, (batch, hidden_size)) for name, state in zip(state_names, states)],
+            ("weight_ih", w_ih, (rows, input_size)), ("weight_hh", w_hh, (rows, hidden_size)),
+            ("bias_ih", b_ih, (rows,)), ("bias_hh", b_hh, (rows,)),
+        ], x)
+        check_lengths(lengths, seq_len, batch)
+
     def forward(*args):
         args = [a.contiguous() if isinstance(a, Tensor) else a for a in args]
         x, states, (w_ih, w_hh, b_ih, b_hh, lengths, reverse), opts, backend = split_forward(args)
-        check_lengths(lengths, x.shape[0], x.shape[1])
+        check_forward_arguments(f"gatedrnn::{spec.name}", x, states, w_ih, w_hh, b_ih, b_hh, lengths)
         hidden_size = w_hh.shape[1]
         if x.shape[0] == 0 or x.shape[1] == 0:
             # Nothing to run: every sequence keeps its initial state.
@@ -481,7 +515,18 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
         args = [a.contiguous() if isinstance(a, Tensor) else a for a in args]
         grads, forward_args, output, workspace = split_backward(args)
         x, states, (w_ih, w_hh, b_ih, b_hh, lengths, reverse), opts, backend = split_forward(forward_args)
-        check_lengths(lengths, x.shape[0], x.shape[1])
+        op = f"gatedrnn::{spec.name}_backward"
+        check_forward_arguments(op, x, states, w_ih, w_hh, b_ih, b_hh, lengths)
+        hidden_size = w_hh.shape[1]
+        sequence_shape = (x.shape[0], x.shape[1], hidden_size)
+        check_op_tensors(op, [
+            ("grad_output", grads[0], sequence_shape), ("output", output, sequence_shape),
+            *[(f"grad_{name[0]}_n", grad, (x.shape[1], hidden_size)) for name, grad in zip(state_names, grads[1:])],
+        ], x)
+        expected = (workspace_shape(x, hidden_size, opts), x.device, state_dtype(x.dtype))
+        if (_shape(workspace), workspace.device, workspace.dtype) != expected:
+            raise ValueError(f"{op}: workspace must be the forward's, shape {expected[0]} on {expected[1]} in "
+                             f"{expected[2]}, got {_shape(workspace)} on {workspace.device} in {workspace.dtype}")
         if x.shape[0] == 0 or x.shape[1] == 0:
             # The final states are the initial states: their gradients pass straight through.
             gate_rows = w_hh.shape[0]
