@@ -463,6 +463,39 @@ def test_modules_trace_with_torch_compile_fullgraph(backend):
         torch.testing.assert_close(a, b)
 
 
+def check_autocast_like_torch(device, autocast_dtype, backend, expected_dtype):
+    """Under torch.autocast, conv2d/conv1d (functional and modules) cast input, weight and bias
+    to the dtype the call computes in, as torch's convolutions do (the autocast dtype; float32
+    on the Cython backend, which has no 16-bit kernels), from float32 or 16-bit input; the
+    float32 parameters get float32 gradients. The ops inside run with autocast off (their
+    float32 sums stay the backend's)."""
+    torch.manual_seed(0)
+    module = Conv2d(4, 6, 3, padding=1, backend=backend).to(device)
+    reference = torch.nn.Conv2d(4, 6, 3, padding=1).to(device)
+    reference.load_state_dict(module.state_dict())
+    x = torch.randn(2, 4, 9, 7, device=device)
+    for given in (x, x.to(autocast_dtype), x.contiguous(memory_format=torch.channels_last)):
+        with torch.autocast(device, dtype=autocast_dtype):
+            y, y_ref = module(given), reference(given)
+            line = conv1d(given[:, :, 0], module.weight[:, :, 0], module.bias, padding=1, backend=backend)
+        assert y.dtype == line.dtype == expected_dtype and y_ref.dtype == autocast_dtype
+        torch.testing.assert_close(y.float(), y_ref.float(), rtol=3e-2, atol=3e-2)
+        grads = torch.autograd.grad(y.float().square().sum(), list(module.parameters()))
+        grads_ref = torch.autograd.grad(y_ref.float().square().sum(), list(reference.parameters()))
+        for a, b in zip(grads, grads_ref):
+            assert a.dtype == torch.float32
+            torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-2 * b.abs().max().item())
+
+
+def test_autocast_like_torch_numpy():
+    check_autocast_like_torch("cpu", torch.bfloat16, "numpy", torch.bfloat16)
+
+
+@needs_cython("conv")
+def test_autocast_cython_computes_in_float32():
+    check_autocast_like_torch("cpu", torch.bfloat16, "cython", torch.float32)
+
+
 @needs_cython("conv")
 @pytest.mark.parametrize("budget", [(7, 1), (40, 3)], ids=["tile-1", "tile-3"])
 def test_cython_tiles_that_split_output_rows(budget):
@@ -891,6 +924,13 @@ def test_gpu_channels_last(name, dtype):
     with torch.backends.cudnn.flags(allow_tf32=False):
         run_against_oracle("triton", dtype, GPU_CASES[name], device="cuda", channels_last=True,
                            tolerance=1e-5 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.gpu
+@needs_kernels
+def test_gpu_autocast_like_cudnn(dtype):
+    check_autocast_like_torch("cuda", dtype, "triton", dtype)
 
 
 @pytest.mark.parametrize("name", ["resnet-3x3-64", "resnet-stem-7x7-s2", "mobilenet-depthwise-s2"])

@@ -433,6 +433,50 @@ def test_torch_compile_fullgraph_inductor():
     assert time.perf_counter() - start < 120  # a regression guard on compile time, not a benchmark
 
 
+# --- autocast -------------------------------------------------------------------------------------
+
+def check_autocast_like_torch(device, autocast_dtype, backend, expected_dtype, tolerance):
+    """Under torch.autocast the modules compute as torch's RNNs do: float32 parameters, float32
+    or 16-bit input, everything cast to the autocast dtype (``expected_dtype``: the Cython
+    backend has no 16-bit kernels and computes in float32). Outputs and states in that dtype,
+    close to torch's under the same autocast; float32 gradients for the float32 parameters."""
+    for name, (ours_class, torch_class, extra) in CELLS.items():
+        torch.manual_seed(0)
+        reference = torch_class(5, 7, num_layers=2, bidirectional=True, **extra).to(device)
+        ours = ours_class(5, 7, num_layers=2, bidirectional=True, backend=backend, **extra).to(device)
+        ours.load_state_dict(reference.state_dict())
+        x = torch.randn(4, 3, 5, device=device)
+        for given in (x, x.to(autocast_dtype)):
+            with torch.autocast(device, dtype=autocast_dtype):
+                (y_ref, finals_ref), (y, finals) = reference(given), ours(given)
+            finals_ref = finals_ref if isinstance(finals_ref, tuple) else (finals_ref,)
+            finals = finals if isinstance(finals, tuple) else (finals,)
+            assert y.dtype == expected_dtype and all(f.dtype == expected_dtype for f in finals), (name, y.dtype)
+            for a, b in zip((y, *finals), (y_ref, *finals_ref)):
+                torch.testing.assert_close(a.float(), b.float(), rtol=tolerance, atol=tolerance)
+            grads = torch.autograd.grad(y.float().square().sum(), list(ours.parameters()))
+            grads_ref = torch.autograd.grad(y_ref.float().square().sum(), list(reference.parameters()))
+            for a, b in zip(grads, grads_ref):
+                assert a.dtype == torch.float32
+                torch.testing.assert_close(a, b, rtol=5 * tolerance, atol=5 * tolerance)
+
+
+def test_autocast_like_torch_numpy():
+    check_autocast_like_torch("cpu", torch.bfloat16, "numpy", torch.bfloat16, 3e-2)
+
+
+@pytest.mark.skipif(not HAS_CYTHON, reason="the cython backend is not built")
+def test_autocast_cython_computes_in_float32():
+    check_autocast_like_torch("cpu", torch.bfloat16, "cython", torch.float32, 3e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_gpu_autocast_like_cudnn(dtype):
+    check_autocast_like_torch("cuda", dtype, "triton", dtype, 3e-2)
+
+
 # --- bad input: torch.nn's exception types, messages naming what is wrong ----------------------
 
 def torch_error(fn):

@@ -237,7 +237,7 @@ class _GatedRNNBase(torch.nn.RNNBase):
                     f"{name}: expected {label} of shape (num_layers * num_directions, "
                     f"{'batch, ' if is_batched else ''}hidden) = {want}, got {shown}"
                 )
-            if state.dtype != dtype:
+            if state.dtype != dtype and not torch._C._is_any_autocast_enabled():  # (autocast casts)
                 raise ValueError(f"{name}: {label} dtype ({state.dtype}) does not match the input dtype ({dtype})")
             if state.device != device:
                 raise ValueError(f"{name}: {label} is on {state.device}, the input on {device}")

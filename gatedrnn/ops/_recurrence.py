@@ -279,6 +279,10 @@ class Prepared:
         return (self.input, *self.states, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
                 self.lengths, self.reverse, *options, self.backend)
 
+    def call(self, op, *options):
+        """op on these arguments (and the cell's options), autocast off around it."""
+        return call_without_autocast(self.input.device.type, op, *self.op_arguments(*options))
+
 
 def prepare(spec: Recurrence, input, hx, weight_ih, weight_hh, bias_ih, bias_hh,
             lengths, reverse, batch_first, backend) -> Prepared:
@@ -351,10 +355,17 @@ def prepare(spec: Recurrence, input, hx, weight_ih, weight_hh, bias_ih, bias_hh,
                 )
             named.append((f"hx ({argument})", state))
 
+    backend_name = resolve_backend(backend, device)
+    autocast = autocast_dtype(input, backend_name)
+    if autocast is not None:
+        x, weight_ih, weight_hh, bias_ih, bias_hh = (autocast_cast(autocast, t) for t in
+                                                     (x, weight_ih, weight_hh, bias_ih, bias_hh))
+        states = [autocast_cast(autocast, state) for state in states]
+        named = [(argument, autocast_cast(autocast, tensor)) for argument, tensor in named]
+        input, dtype = x, x.dtype
     check_like_input(named, input)
 
     lengths = _prepare_lengths(lengths, seq_len, batch)
-    backend_name = resolve_backend(backend, device)
     if dtype not in _BACKEND_DTYPES[backend_name]:
         supported = ", ".join(str(d) for d in _BACKEND_DTYPES[backend_name])
         raise TypeError(
@@ -362,6 +373,37 @@ def prepare(spec: Recurrence, input, hx, weight_ih, weight_hh, bias_ih, bias_hh,
             "convert the tensors with .to(...) or choose another backend"
         )
     return Prepared(x, states, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, backend_name)
+
+
+def autocast_dtype(input: Tensor, backend: str) -> Optional[torch.dtype]:
+    """The dtype a recurrent op computes in under autocast on input's device, or None (autocast
+    off, or a float64 input). torch's RNNs are on autocast's lower-precision list: the autocast
+    dtype, where ``backend`` computes in it; float32 on the Cython backend, which has no 16-bit
+    kernels (16-bit inputs are cast up rather than refused)."""
+    kind = input.device.type
+    if input.dtype == torch.float64 or not torch.is_autocast_enabled(kind):
+        return None
+    target = torch.get_autocast_dtype(kind)
+    return target if target in _BACKEND_DTYPES[backend] else torch.float32
+
+
+def call_without_autocast(device_type: str, fn, *args):
+    """fn(*args), with autocast off for ``device_type`` around it where it is on. The ops'
+    arguments are already in the dtype they compute in (``autocast_dtype``), and the backends'
+    own torch products and sums (float32 accumulators, bias gradients) must stay in the dtypes
+    the backend chose, not autocast's (it would run a bf16 sum in float32)."""
+    if torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            return fn(*args)
+    return fn(*args)
+
+
+def autocast_cast(dtype: torch.dtype, tensor):
+    """``tensor`` as autocast hands it to an op computing in ``dtype``: float32 and 16-bit
+    tensors cast (differentiably), float64 ones and anything else (None) as they are."""
+    if isinstance(tensor, Tensor) and tensor.is_floating_point() and tensor.dtype != torch.float64:
+        return tensor.to(dtype)
+    return tensor
 
 
 def _prepare_lengths(lengths, seq_len: int, batch: int) -> Tensor:
@@ -571,9 +613,9 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
         if grad_output is None:
             grad_output = torch.zeros_like(output)
         grad_finals = [torch.zeros_like(s) if g is None else g for g, s in zip(grad_rest[:num_states], states)]
-        grads = backward_call(
-            grad_output, *grad_finals, x, *states, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse,
-            *ctx.options, output, workspace, ctx.backend,
+        grads = call_without_autocast(
+            x.device.type, backward_call, grad_output, *grad_finals, x, *states, w_ih, w_hh, b_ih, b_hh,
+            lengths, ctx.reverse, *ctx.options, output, workspace, ctx.backend,
         )
         grad_x, *grad_states = grads[:1 + num_states]
         grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = grads[1 + num_states:]

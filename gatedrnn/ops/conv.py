@@ -40,7 +40,9 @@ import torch
 from torch import Tensor
 
 from .. import oracle
-from ._recurrence import eager_or_op, from_numpy, new_output, run_cpu_kernel, to_numpy64
+from ..backends import resolve_backend
+from ._recurrence import (autocast_cast, autocast_dtype, call_without_autocast, eager_or_op, from_numpy, new_output,
+                          run_cpu_kernel, to_numpy64)
 from ._spatial import (Implementations, check_same, check_tensor, cpu_module, empty_in_format, in_format, int_tuple,
                        is_channels_last, is_int, pick_backend)
 
@@ -195,8 +197,9 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_output):
     input, weight = ctx.saved_tensors
     need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
-    grad_input, grad_weight, grad_bias = _conv2d_backward(
-        grad_output, input, weight, *ctx.arguments, [need_input, need_weight, need_bias])
+    grad_input, grad_weight, grad_bias = call_without_autocast(
+        input.device.type, _conv2d_backward, grad_output, input, weight, *ctx.arguments,
+        [need_input, need_weight, need_bias])
     return (grad_input if need_input else None, grad_weight if need_weight else None,
             grad_bias if need_bias else None, None, None, None, None, None)
 
@@ -322,7 +325,15 @@ def _checked_geometry(op, input, weight, bias, stride, padding, dilation, groups
 
 
 def _prepare(op, input, weight, bias, stride, padding, dilation, groups, backend, spatial):
-    """Validate a conv{spatial}d call; return 4-D input/weight and explicit 2-D geometry."""
+    """Validate a conv{spatial}d call; return 4-D input/weight and explicit 2-D geometry.
+
+    Under autocast, input, weight and bias first go to the dtype the call computes in, as torch's
+    convolutions (on autocast's lower-precision list) do: the autocast dtype, or float32 on the
+    Cython backend, which has no 16-bit kernels."""
+    if isinstance(input, Tensor):
+        autocast = autocast_dtype(input, resolve_backend(backend, input.device))
+        if autocast is not None:
+            input, weight, bias = (autocast_cast(autocast, t) for t in (input, weight, bias))
     key = _geometry_key(op, input, weight, bias, stride, padding, dilation, groups)
     geometry = _GEOMETRY_CACHE.get(key) if key is not None else None
     if geometry is None:
@@ -373,7 +384,8 @@ def conv2d(
     op = "conv2d"
     input, weight, bias, stride, pads, dilation, groups, name, unbatched = _prepare(
         op, input, weight, bias, stride, padding, dilation, groups, backend, spatial=2)
-    output = _conv2d(input, weight, bias, stride, pads, dilation, groups, name)
+    output = call_without_autocast(input.device.type, _conv2d, input, weight, bias, stride, pads, dilation, groups,
+                                   name)
     return output.squeeze(0) if unbatched else output
 
 
@@ -401,5 +413,6 @@ def conv1d(
     op = "conv1d"
     input, weight, bias, stride, pads, dilation, groups, name, unbatched = _prepare(
         op, input, weight, bias, stride, padding, dilation, groups, backend, spatial=1)
-    output = _conv2d(input, weight, bias, stride, pads, dilation, groups, name).squeeze(2)
+    output = call_without_autocast(input.device.type, _conv2d, input, weight, bias, stride, pads, dilation, groups,
+                                   name).squeeze(2)
     return output.squeeze(0) if unbatched else output

@@ -145,5 +145,5 @@ def gru(
     if not isinstance(reset_after, bool):
         raise TypeError(f"reset_after must be a bool, got {type(reset_after).__name__}")
     args = prepare(GRU, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, batch_first, backend)
-    output, h_n, _workspace = _gru_op(*args.op_arguments(reset_after))
+    output, h_n, _workspace = args.call(_gru_op, reset_after)
     return finish_output(output, batch_first), h_n

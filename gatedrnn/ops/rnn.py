@@ -129,5 +129,5 @@ def rnn(
     if nonlinearity not in NONLINEARITIES:
         raise ValueError(f"nonlinearity must be one of {NONLINEARITIES}, got {nonlinearity!r}")
     args = prepare(RNN, input, hx, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, batch_first, backend)
-    output, h_n, _workspace = _rnn_op(*args.op_arguments(nonlinearity))
+    output, h_n, _workspace = args.call(_rnn_op, nonlinearity)
     return finish_output(output, batch_first), h_n
