@@ -173,6 +173,30 @@ def test_bad_options():
 
 
 @needs_cython
+@needs_cython
+def test_cpu_kernels_hold_blas_to_one_thread_from_any_python_thread():
+    """The Cython kernels call BLAS from inside their OpenMP threads, so run_cpu_kernel holds
+    scipy's BLAS to one thread for the call, from whichever Python thread calls (threadpoolctl
+    >= 3.8 would let only its first caller set a pthreads OpenBLAS; the second thread's BLAS
+    then ran threaded inside OpenMP, and OpenBLAS warned that this may hang)."""
+    import threading
+
+    from gatedrnn.ops import _recurrence
+
+    controllers = _recurrence._scipy_blas_controllers()
+    seen = []
+
+    def kernel(num_threads):
+        seen.append([lib.num_threads for lib in controllers])
+
+    _recurrence.run_cpu_kernel(kernel)  # this (main) thread first: threadpoolctl's controller
+    workers = [threading.Thread(target=_recurrence.run_cpu_kernel, args=(kernel,)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+        worker.join()
+    assert seen == [[1] * len(controllers)] * 3, seen
+
+
 def test_cuda_like_device_mismatch_on_cython_is_clear():
     x, hx, w_ih, w_hh, b_ih, b_hh = make_args("rnn")
     meta = w_hh.to("meta")

@@ -123,6 +123,16 @@ def _scipy_blas_controllers():
     return _blas_controllers
 
 
+def _set_blas_threads(lib, count: int) -> None:
+    """Set ``lib``'s thread count for the whole process. threadpoolctl >= 3.8 lets only its first
+    ("controlling") Python thread change a pthreads OpenBLAS and silently ignores the others, so
+    a kernel called from a second Python thread would run BLAS threaded inside its OpenMP
+    threads (OpenBLAS warns that this may hang). ``_blas_lock`` already serialises our callers:
+    use the library's own setter where threadpoolctl has one, else its public call (older
+    versions have no such rule)."""
+    getattr(lib, "_real_set_num_threads", lib.set_num_threads)(count)
+
+
 def _plain_call(present: Sequence[Tensor]) -> bool:
     """Whether nothing but autograd may need to see an op called on ``present``: plain tensors, and
     no compiler, tracer, mode or functorch transform."""
@@ -208,12 +218,12 @@ def run_cpu_kernel(function: Callable, *arguments, calls_blas: bool = True) -> N
     with _blas_lock:
         previous = [lib.num_threads for lib in controllers]
         for lib in controllers:
-            lib.set_num_threads(1)
+            _set_blas_threads(lib, 1)
         try:
             function(*converted, num_threads)
         finally:
             for lib, count in zip(controllers, previous):
-                lib.set_num_threads(count)
+                _set_blas_threads(lib, count)
 
 
 def cpu_extension(name: str):
