@@ -27,13 +27,17 @@ float32 runs with TF32 off on both sides unless ``--tf32``. ``--layout nhwc`` (o
 x, w and grad_y to both sides as channels_last tensors (rows marked NHWC): where the channel
 counts allow, ours then runs its NHWC kernels (16-byte vector loads; see kernels/conv.py), and
 cuDNN its channels_last kernels. ``GATEDRNN_TRITON_CONV_LAYOUT=nhwc`` also runs them on NCHW
-tensors, after copying x and grad_y to channels_last (to weigh that copy).
+tensors, after copying x and grad_y to channels_last (to weigh that copy). ``--gpu --network``
+adds the ResNet-18 training step on the device, channels_last (network and input), in float32
+and under ``torch.autocast`` bfloat16 (a mixed-precision step as people train it): every conv,
+pool and the head on our kernels against the same network of torch.nn layers on cuDNN.
 
     python perf/bench_conv.py                      # the CPU table
     python perf/bench_conv.py --network            # ... and the whole-network training step
     python perf/bench_conv.py --quick              # a small subset (seconds)
     python perf/bench_conv.py --gpu [--quick]      # Triton vs cuDNN
     python perf/bench_conv.py --gpu --layout both  # ... on NCHW and channels_last tensors
+    python perf/bench_conv.py --gpu --network      # ... and the ResNet-18 training step
     python perf/bench_conv.py --json out.json --plot out.png
 """
 from __future__ import annotations
@@ -260,7 +264,45 @@ def bench_gpu_shape(shape: Shape, batch: int, dtype: torch.dtype, channels_last:
     return rows
 
 
-def run_gpu(shapes: List[Shape], batch: int, tf32: bool, layouts: Sequence[str] = ("nchw",)) -> Tuple[str, List[Row]]:
+def bench_network_step(batch: int, size: int, autocast_dtype: Optional[torch.dtype], device: str = "cuda",
+                       backend: str = "triton", timer=None, rounds: int = 3) -> Row:
+    """One ResNet-18 training step (forward, cross-entropy, backward; train mode; network and input
+    channels_last), ``gatedrnn.models.resnet18(backend=...)`` against its torch.nn twin, under
+    ``torch.autocast(device, autocast_dtype)`` unless that is None. ``timer(fn) -> ms`` (default
+    ``triton.testing.do_bench``'s median); the two sides alternate ``rounds`` times, medians."""
+    from gatedrnn.models import resnet18
+
+    if timer is None:
+        from triton.testing import do_bench
+
+        def timer(fn):
+            return do_bench(fn, warmup=25, rep=200, return_mode="median")
+    torch.manual_seed(0)
+    ours = resnet18(num_classes=1000, backend=backend)
+    reference = _torch_twin(ours)
+    ours, reference = (m.to(device).to(memory_format=torch.channels_last).train() for m in (ours, reference))
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 1000, (batch,), device=device)
+
+    def step(model):
+        def run():
+            model.zero_grad(set_to_none=True)
+            with torch.autocast(device, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                loss = F.cross_entropy(model(x), labels)
+            loss.backward()
+        return run
+
+    torch_ms, ours_ms = [], []
+    for _ in range(rounds):
+        torch_ms.append(timer(step(reference)))
+        ours_ms.append(timer(step(ours)))
+    label = "float32 NHWC" if autocast_dtype is None else f"autocast {str(autocast_dtype).replace('torch.', '')} NHWC"
+    return Row(f"ResNet-18 {size}x{size}", "train step", batch, label, statistics.median(torch_ms),
+               statistics.median(ours_ms), 0.0)
+
+
+def run_gpu(shapes: List[Shape], batch: int, tf32: bool, layouts: Sequence[str] = ("nchw",),
+            network_size: Optional[int] = None) -> Tuple[str, List[Row]]:
     if not torch.cuda.is_available():
         raise SystemExit("bench_conv.py --gpu: no CUDA device")
     torch.backends.cudnn.allow_tf32 = tf32
@@ -278,6 +320,12 @@ def run_gpu(shapes: List[Shape], batch: int, tf32: bool, layouts: Sequence[str] 
                 print(f"  {r.layer:22s} {r.dtype:8s} {r.mode:8s}: cuDNN {r.torch_ms:8.3f} ms  ours {r.ours_ms:8.3f} ms"
                       f"  ratio {r.ratio:5.2f}", flush=True)
             rows += new
+    if network_size:
+        for autocast in (None, torch.bfloat16):
+            r = bench_network_step(batch, network_size, autocast)
+            print(f"  {r.layer:22s} {r.dtype:22s}: cuDNN {r.torch_ms:8.2f} ms  ours {r.ours_ms:8.2f} ms"
+                  f"  ratio {r.ratio:5.2f}", flush=True)
+            rows.append(r)
     return header, rows
 
 
@@ -334,7 +382,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Row]:
 
     if args.gpu:
         header, rows = run_gpu(shapes, args.batch or 64, args.tf32,
-                               ("nchw", "nhwc") if args.layout == "both" else (args.layout,))
+                               ("nchw", "nhwc") if args.layout == "both" else (args.layout,),
+                               network_size=args.size if args.network or args.network_only else None)
     else:
         batch = args.batch or 8
         allocator = "glibc defaults" if args.system_malloc or not steady_allocator() else \

@@ -5,7 +5,7 @@
 #   bash perf/gpu_session.sh setup   # install the package (builds the Cython extensions), GPU facts
 #   bash perf/gpu_session.sh tests   # pytest -m gpu, then the compile gate's op kernels on the device's Triton
 #   bash perf/gpu_session.sh conv    # perf/bench_conv.py --gpu (Triton conv2d vs cuDNN, fp32 and bf16,
-#                                    # NCHW and channels_last)
+#                                    # NCHW and channels_last; the ResNet-18 training step)
 #   bash perf/gpu_session.sh rnn     # perf/bench_rnn.py --gpu (Triton recurrences vs cuDNN, full grid)
 #   bash perf/gpu_session.sh rnn-modes  # the gemm mode forced where the split one runs, and its
 #                                       # two-launches-a-step form (float32/bf16, B 64 and 256)
@@ -52,9 +52,10 @@ for step in "${@:-all}"; do
             stage compile_gate "$PYTHON" perf/compile_report.py --quick
             ;;&
         conv|all)
-            # NCHW tensors (the strided kernels) and channels_last ones (the NHWC kernels), then
-            # NCHW tensors copied to channels_last for the NHWC kernels (the copy's price).
-            stage bench_conv_gpu "$PYTHON" perf/bench_conv.py --gpu --layout both \
+            # NCHW tensors (the strided kernels) and channels_last ones (the NHWC kernels), and the
+            # channels_last ResNet-18 training step (float32, autocast bf16); then NCHW tensors
+            # copied to channels_last for the NHWC kernels (the copy's price).
+            stage bench_conv_gpu "$PYTHON" perf/bench_conv.py --gpu --layout both --network \
                 --json "$OUT/bench_conv_gpu.json" --plot "$OUT/bench_conv_gpu.png"
             GATEDRNN_TRITON_CONV_LAYOUT=nhwc stage bench_conv_gpu_nchw_copied "$PYTHON" \
                 perf/bench_conv.py --gpu --layout nchw --json "$OUT/bench_conv_gpu_nchw_copied.json"

@@ -106,3 +106,19 @@ def test_steady_allocator():
                             env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "True"
+
+
+@pytest.mark.parametrize("autocast", [None, torch.bfloat16], ids=["float32", "autocast-bf16"])
+def test_network_step_row(bench, autocast):
+    """The --gpu --network row's step (channels_last ResNet-18, autocast or not) runs end to end
+    on both sides; here on the CPU with the cython backend and a timer that runs each step once."""
+    calls = []
+
+    def timer(fn):
+        fn()
+        calls.append(fn)
+        return 2.0 if len(calls) % 2 else 1.0  # torch's side first: ratio 2
+
+    row = bench.bench_network_step(2, 32, autocast, device="cpu", backend="cython", timer=timer, rounds=1)
+    assert len(calls) == 2 and row.ratio == pytest.approx(2.0)
+    assert row.mode == "train step" and row.dtype.endswith("NHWC") and row.gflop == 0.0
