@@ -173,7 +173,6 @@ def test_bad_options():
 
 
 @needs_cython
-@needs_cython
 def test_cpu_kernels_hold_blas_to_one_thread_from_any_python_thread():
     """The Cython kernels call BLAS from inside their OpenMP threads, so run_cpu_kernel holds
     scipy's BLAS to one thread for the call, from whichever Python thread calls (threadpoolctl
@@ -197,6 +196,7 @@ def test_cpu_kernels_hold_blas_to_one_thread_from_any_python_thread():
     assert seen == [[1] * len(controllers)] * 3, seen
 
 
+@needs_cython
 def test_cuda_like_device_mismatch_on_cython_is_clear():
     x, hx, w_ih, w_hh, b_ih, b_hh = make_args("rnn")
     meta = w_hh.to("meta")

@@ -139,6 +139,11 @@ def check_indices_checked_when_compiled_and_called_directly(backend):
             compiled(torch.tensor(bad), weight)
     with pytest.raises(IndexError, match=r"got values in \[0, 9\]"):
         torch.ops.gatedrnn.embedding.default(weight, torch.tensor([0, 9]), -1, backend)
+    # the backward reads grad_output's row of every occurrence: its rows must match the indices
+    with pytest.raises(ValueError, match=r"grad_output must be \(N, D\) for indices \(N,\), got \(2, 3\) and \(3,\)"):
+        torch.ops.gatedrnn.embedding_backward.default(torch.randn(2, 3), torch.tensor([0, 1, 2]), 4, -1, backend)
+    with pytest.raises(ValueError, match="padding_idx in"):
+        torch.ops.gatedrnn.embedding_backward.default(torch.randn(3, 3), torch.tensor([0, 1, 2]), 4, 7, backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -360,6 +360,7 @@ def test_max_window_that_misses_the_input(backend, name):
     torch.testing.assert_close(indices, expected_indices, rtol=0, atol=0)
     assert bool(torch.isinf(y).any())
     grad_y = torch.randn_like(y)
+    grad_y[torch.isinf(y)] = float("inf")  # as y.square()'s gradient there: still dropped, no NaN
     y.backward(grad_y)
     geometry = [int_pair(options.get(k, d)) for k, d in (("kernel_size", None), ("stride", None),
                                                          ("padding", 0), ("dilation", 1))]

@@ -366,7 +366,7 @@ def prepare(spec: Recurrence, input, hx, weight_ih, weight_hh, bias_ih, bias_hh,
             named.append((f"hx ({argument})", state))
 
     backend_name = resolve_backend(backend, device)
-    autocast = autocast_dtype(input, backend_name)
+    autocast = autocast_dtype(input, backend_name, name)
     if autocast is not None:
         x, weight_ih, weight_hh, bias_ih, bias_hh = (autocast_cast(autocast, t) for t in
                                                      (x, weight_ih, weight_hh, bias_ih, bias_hh))
@@ -385,15 +385,27 @@ def prepare(spec: Recurrence, input, hx, weight_ih, weight_hh, bias_ih, bias_hh,
     return Prepared(x, states, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse, backend_name)
 
 
-def autocast_dtype(input: Tensor, backend: str) -> Optional[torch.dtype]:
-    """The dtype a recurrent op computes in under autocast on input's device, or None (autocast
-    off, or a float64 input). torch's RNNs are on autocast's lower-precision list: the autocast
-    dtype, where ``backend`` computes in it; float32 on the Cython backend, which has no 16-bit
-    kernels (16-bit inputs are cast up rather than refused)."""
+# The ops torch's autocast runs in its lower precision, where its lists differ by device: on
+# CUDA every RNN (cuDNN's), on the CPU lstm and rnn_tanh/rnn_relu but not gru, which runs in
+# its input's dtype there (float32 weights and all). (torch's CPU list also leaves a packed
+# LSTM alone; our lstm cannot tell packed input from lengths, and casts it.) Convolutions are on
+# both lists.
+_AUTOCAST_LOW_PRECISION = {"cpu": frozenset({"lstm", "rnn", "conv2d"})}
+
+
+def autocast_dtype(input: Tensor, backend: str, op: str) -> Optional[torch.dtype]:
+    """The dtype ``op`` (a cell name or "conv2d") computes in under autocast on input's device,
+    or None (autocast off, or a float64 input). The autocast dtype (the input's own for an op
+    torch's autocast leaves alone on that device) where ``backend`` computes in it; float32 on
+    the Cython backend, which has no 16-bit kernels (16-bit inputs are cast up rather than
+    refused)."""
     kind = input.device.type
     if input.dtype == torch.float64 or not torch.is_autocast_enabled(kind):
         return None
-    target = torch.get_autocast_dtype(kind)
+    if op in _AUTOCAST_LOW_PRECISION.get(kind, (op,)):
+        target = torch.get_autocast_dtype(kind)
+    else:
+        target = input.dtype
     return target if target in _BACKEND_DTYPES[backend] else torch.float32
 
 
@@ -435,8 +447,9 @@ def _prepare_lengths(lengths, seq_len: int, batch: int) -> Tensor:
     return lengths.to(device="cpu", dtype=torch.int64)
 
 
-def check_lengths(lengths: Tensor, seq_len: int, batch: int) -> None:
-    """ValueError unless ``lengths`` is an integer tensor (B,) with values in [0, T].
+def check_lengths(lengths: Tensor, seq_len: int, batch: int, values: bool = True) -> None:
+    """ValueError unless ``lengths`` is an integer tensor (B,) with values in [0, T] (the values
+    only where ``values``).
 
     Called by the ops' bodies, not by the functional API: a custom op's body runs eagerly even
     inside a torch.compile graph (where a data-dependent check in the traced code would break
@@ -446,7 +459,7 @@ def check_lengths(lengths: Tensor, seq_len: int, batch: int) -> None:
         raise TypeError(f"lengths must have an integer dtype, got {lengths.dtype}")
     if _shape(lengths) != (batch,):
         raise ValueError(f"lengths must have shape (batch,) = ({batch},), got {_shape(lengths)}")
-    if batch:
+    if values and batch:
         low, high = (int(v) for v in torch.aminmax(lengths))
         if low < 0 or high > seq_len:
             raise ValueError(f"lengths must lie in [0, T] = [0, {seq_len}], got values in [{low}, {high}]")
@@ -521,8 +534,11 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
     def workspace_shape(x: Tensor, hidden_size: int, opts) -> Tuple[int, int, int]:
         return (x.shape[0], x.shape[1], spec.workspace_width(*opts) * hidden_size)
 
-    def check_forward_arguments(op, x, states, w_ih, w_hh, b_ih, b_hh, lengths):
-        """The shapes the kernels assume (T, B, I from x, H from weight_hh), and the lengths."""
+    def check_forward_arguments(op, x, states, w_ih, w_hh, b_ih, b_hh, lengths) -> Tensor:
+        """The shapes the kernels assume (T, B, I from x, H from weight_hh), and the lengths;
+        returns the lengths as a private int64 copy, the values checked being the values the
+        kernels read (the caller's tensor may be pinned, and change while a copy to the device
+        is in flight), in the dtype every backend takes."""
         if x.dim() != 3 or w_hh.dim() != 2 or w_ih.dim() != 2:
             raise ValueError(f"{op}: input (T, B, I), weight_ih and weight_hh must be 3-D, 2-D and 2-D, got "
                              f"{x.dim()}-D, {w_ih.dim()}-D and {w_hh.dim()}-D")
@@ -534,12 +550,20 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
             ("weight_ih", w_ih, (rows, input_size)), ("weight_hh", w_hh, (rows, hidden_size)),
             ("bias_ih", b_ih, (rows,)), ("bias_hh", b_hh, (rows,)),
         ], x)
+        check_lengths(lengths, seq_len, batch, values=False)  # the dtype before the copy converts it
+        lengths = lengths.to(torch.int64, copy=True)
         check_lengths(lengths, seq_len, batch)
+        return lengths
+
+    # Where lengths sit among the forward op's arguments (after input, the states, the weights
+    # and biases): the bodies replace them by the int64 copy they checked.
+    lengths_at = 1 + num_states + 4
 
     def forward(*args):
         args = [a.contiguous() if isinstance(a, Tensor) else a for a in args]
         x, states, (w_ih, w_hh, b_ih, b_hh, lengths, reverse), opts, backend = split_forward(args)
-        check_forward_arguments(f"gatedrnn::{spec.name}", x, states, w_ih, w_hh, b_ih, b_hh, lengths)
+        args[lengths_at] = check_forward_arguments(f"gatedrnn::{spec.name}", x, states, w_ih, w_hh, b_ih, b_hh,
+                                                   lengths)
         hidden_size = w_hh.shape[1]
         if x.shape[0] == 0 or x.shape[1] == 0:
             # Nothing to run: every sequence keeps its initial state.
@@ -568,7 +592,7 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
         grads, forward_args, output, workspace = split_backward(args)
         x, states, (w_ih, w_hh, b_ih, b_hh, lengths, reverse), opts, backend = split_forward(forward_args)
         op = f"gatedrnn::{spec.name}_backward"
-        check_forward_arguments(op, x, states, w_ih, w_hh, b_ih, b_hh, lengths)
+        forward_args[lengths_at] = check_forward_arguments(op, x, states, w_ih, w_hh, b_ih, b_hh, lengths)
         hidden_size = w_hh.shape[1]
         sequence_shape = (x.shape[0], x.shape[1], hidden_size)
         check_op_tensors(op, [

@@ -331,7 +331,7 @@ def _prepare(op, input, weight, bias, stride, padding, dilation, groups, backend
     convolutions (on autocast's lower-precision list) do: the autocast dtype, or float32 on the
     Cython backend, which has no 16-bit kernels."""
     if isinstance(input, Tensor):
-        autocast = autocast_dtype(input, resolve_backend(backend, input.device))
+        autocast = autocast_dtype(input, resolve_backend(backend, input.device), "conv2d")
         if autocast is not None:
             input, weight, bias = (autocast_cast(autocast, t) for t in (input, weight, bias))
     key = _geometry_key(op, input, weight, bias, stride, padding, dilation, groups)

@@ -87,6 +87,9 @@ def _check_indices(indices: Tensor, num_weights: int) -> None:
 
 
 def _embedding_forward(weight: Tensor, indices: Tensor, padding_idx: int, backend: str) -> Tensor:
+    if weight.dim() != 2 or indices.dim() != 1 or indices.dtype != torch.int64:
+        raise ValueError(f"embedding: weight must be (V, D) and indices int64 (N,), got {tuple(weight.shape)} "
+                         f"and {indices.dtype} {tuple(indices.shape)}")
     weight, indices = weight.contiguous(), indices.contiguous()
     _check_indices(indices, weight.shape[0])
     if indices.shape[0] == 0 or weight.shape[1] == 0:
@@ -105,6 +108,14 @@ def _(weight, indices, padding_idx, backend):
 
 def _embedding_backward_body(grad_output: Tensor, indices: Tensor, num_weights: int, padding_idx: int,
                              backend: str) -> Tensor:
+    # Shapes checked for direct calls of the op: the Triton kernel reads grad_output's row of
+    # every occurrence (out-of-range indices only never match a row).
+    if grad_output.dim() != 2 or indices.dim() != 1 or grad_output.shape[0] != indices.shape[0]:
+        raise ValueError(f"embedding_backward: grad_output must be (N, D) for indices (N,), got "
+                         f"{tuple(grad_output.shape)} and {tuple(indices.shape)}")
+    if indices.dtype != torch.int64 or num_weights < 0 or not -1 <= padding_idx < max(num_weights, 1):
+        raise ValueError(f"embedding_backward: indices must be int64, num_weights >= 0 and padding_idx in "
+                         f"[-1, num_weights), got {indices.dtype}, {num_weights} and {padding_idx}")
     grad_output, indices = grad_output.contiguous(), indices.contiguous()
     if indices.shape[0] == 0 or grad_output.shape[1] == 0:
         return grad_output.new_zeros((num_weights, grad_output.shape[1]))

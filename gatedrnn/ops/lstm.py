@@ -219,7 +219,7 @@ def _lstm_with_projection(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, wei
     products gives every gradient.
     """
     if isinstance(input, Tensor):
-        autocast = autocast_dtype(input, resolve_backend(backend, input.device))
+        autocast = autocast_dtype(input, resolve_backend(backend, input.device), "lstm")
         if autocast is not None:
             # As prepare() does for the unprojected call: everything in the dtype the op computes
             # in, and the projection's products in it too (not autocast's own choice for them).

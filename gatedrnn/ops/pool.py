@@ -80,7 +80,7 @@ def _without_empty_windows(grad_y: Tensor, input_size, kernel, stride, padding, 
     meets_input = axes[0][:, None] & axes[1][None, :]
     if bool(meets_input.all()):
         return grad_y
-    return grad_y * meets_input.to(device=grad_y.device, dtype=grad_y.dtype)
+    return grad_y.masked_fill(~meets_input.to(grad_y.device), 0)  # (not a product: inf * 0 is NaN)
 
 
 # --- numpy backend --------------------------------------------------------------------------------
