@@ -26,10 +26,15 @@ import torch
 import torch.nn.functional as F
 
 import gatedrnn
+from gatedrnn.backends import resolve_backend
 
 PLOT_INSTALL_HINT = "pip install 'gatedrnn[plot]'"
 # perf/ is part of the source tree, not of the installed package: found next to gatedrnn/.
 PERF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "perf")
+
+
+# train's default --time-budget (seconds): the README's run stays around a minute on 2 cores.
+TRAIN_TIME_BUDGET = 75.0
 
 
 class CommandError(Exception):
@@ -60,10 +65,55 @@ def _progress(iterable, **kwargs):
 def _device(name: Optional[str]) -> torch.device:
     if name is None or name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise CommandError(f"--device: expected cpu, cuda, cuda:N or auto, got {name!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CommandError(f"--device {name}: no CUDA device is visible here (use --device cpu)")
     return device
+
+
+def _backend(option: Optional[str], device: torch.device) -> str:
+    """The backend a command's ops will run on (--backend, else GATEDRNN_BACKEND, else the
+    device's), checked to run on ``device`` here: a CommandError naming the fix, not a traceback
+    from the first op."""
+    try:
+        return resolve_backend(option, device)
+    except (TypeError, ValueError, RuntimeError) as error:
+        source = f"--backend {option}" if option else "the backend (GATEDRNN_BACKEND or automatic)"
+        raise CommandError(f"{source}: {error}") from None
+
+
+def _positive(args, *names: str, allow_zero: bool = False) -> None:
+    """CommandError unless each --option (an int or float attribute) is a finite number > 0
+    (>= 0 with ``allow_zero``): checked before any work, not found by torch after it."""
+    for name in names:
+        value = getattr(args, name)
+        if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise CommandError(f"--{name.replace('_', '-')} must be a finite number {bound}, got {value}")
+
+
+def _output_path(path: Optional[str], option: str, create_directory: bool = False) -> None:
+    """CommandError unless ``path`` can be written (a file in an existing, writable directory;
+    ``create_directory``: one that can be made): checked before the run, not after it."""
+    if not path:
+        return
+    if os.path.isdir(path) or path.endswith(os.sep):
+        raise CommandError(f"{option} {path}: a file name is needed, not a directory")
+    directory = os.path.dirname(os.path.abspath(path))
+    if create_directory:
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as error:
+            raise CommandError(f"{option} {path}: cannot create {directory}: {error.strerror}") from None
+    if not os.path.isdir(directory):
+        raise CommandError(f"{option} {path}: the directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise CommandError(f"{option} {path}: the directory {directory} is not writable")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,12 +152,16 @@ def command_info(args) -> int:
     print()
     print("backends (a call's backend: backend= argument, else `with gatedrnn.use_backend(..)`, "
           "else GATEDRNN_BACKEND, else CUDA tensors -> triton, CPU tensors -> cython):")
-    forced = gatedrnn.current_backend()
     for name, status in gatedrnn.available_backends().items():
         mark = "yes" if status.available else "no "
         print(f"  {name:<7} {mark}  {status.reason}")
-    if forced:
-        print(f"  (GATEDRNN_BACKEND forces {forced!r})")
+    try:
+        forced = gatedrnn.current_backend()
+    except ValueError as error:  # what info is for: report it, do not crash on it
+        print(f"  (GATEDRNN_BACKEND is invalid: {error})")
+    else:
+        if forced:
+            print(f"  (GATEDRNN_BACKEND forces {forced!r})")
     print()
     print("devices:")
     print(f"  cpu     {_cpu_name()}, {os.cpu_count()} logical CPUs; torch threads {torch.get_num_threads()}")
@@ -268,13 +322,15 @@ def command_train(args) -> int:
     from .models.sequence import CharLanguageModel
 
     device = _device(args.device)
-    if args.backend is not None:
-        status = gatedrnn.available_backends()[args.backend]
-        if not status.available:
-            raise CommandError(f"--backend {args.backend} cannot run here: {status.reason}")
-    for name in ("steps", "batch", "seq_len", "hidden_size", "layers"):
+    used_backend = _backend(args.backend, device)
+    for name in ("steps", "batch", "seq_len", "hidden_size", "layers", "embedding_dim", "max_chars"):
         if getattr(args, name) < 1:
             raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    _positive(args, "lr")
+    _positive(args, "clip", "time_budget", "sample", "temperature", allow_zero=True)
+    if not 0 <= args.dropout < 1:
+        raise CommandError(f"--dropout must lie in [0, 1), got {args.dropout}")
+    _output_path(args.save, "--save", create_directory=True)
     if args.text:
         try:
             with open(args.text, encoding="utf-8", errors="replace") as f:
@@ -284,9 +340,13 @@ def command_train(args) -> int:
     else:
         text = stdlib_corpus(args.max_chars)
         source = f"Python {platform.python_version()} standard library sources ({sysconfig.get_paths()['stdlib']})"
-    data = CharData(text[: args.max_chars] if args.text else text)
+    text = text[: args.max_chars]
+    data = CharData(text)
     if len(data.train) <= args.seq_len + 1:
         raise CommandError(f"the training text ({len(data.train)} characters) is shorter than --seq-len")
+    if len(data.validation) <= args.seq_len:
+        raise CommandError(f"the validation text ({len(data.validation)} characters, the last tenth) is shorter "
+                           f"than one sequence of --seq-len {args.seq_len}")
     print(f"corpus: {source}: {len(text):,} characters, vocabulary {data.vocab_size}; "
           f"train {len(data.train):,} / validation {len(data.validation):,}")
 
@@ -295,7 +355,6 @@ def command_train(args) -> int:
     torch.manual_seed(args.seed)
     model = CharLanguageModel(**config, backend=args.backend).to(device)
     initial_state = model.to_torch_state_dict()  # --compare-torch starts from the same weights
-    used_backend = args.backend or gatedrnn.current_backend() or ("triton" if device.type == "cuda" else "cython")
     parameters = sum(p.numel() for p in model.parameters())
     print(f"model: Embedding({data.vocab_size}, {model.config['embedding_dim']}) + {args.cell.upper()}"
           f"(hidden {args.hidden_size}, layers {args.layers}) + Linear: {parameters:,} parameters; "
@@ -307,8 +366,9 @@ def command_train(args) -> int:
     losses, rate = train_language_model(model, data, args, device, args.seed, "gatedrnn", args.quiet,
                                         args.steps, args.time_budget)
     if len(losses) < args.steps:
+        why = ("this machine is slower or busier than expected; " if args.time_budget == TRAIN_TIME_BUDGET else "")
         print(f"stopped after {len(losses)} of {args.steps} steps: the --time-budget of {args.time_budget:g} s "
-              "ran out (this machine is slower or busier than expected; --time-budget 0 runs every step)")
+              f"ran out ({why}--time-budget 0 runs every step)")
     validation = evaluate(model, data.validation, args.seq_len, device)
     baseline = data.unigram_loss()
     tail = losses[-min(20, len(losses)):]
@@ -343,15 +403,14 @@ def command_train(args) -> int:
               f"torch.nn {reference_validation:.3f} nats")
 
     if args.save:
-        directory = os.path.dirname(os.path.abspath(args.save))
-        os.makedirs(directory, exist_ok=True)
         torch.save(model.to_torch_state_dict(), args.save)
         with open(args.save + ".json", "w") as f:
             json.dump({"config": config, "characters": "".join(data.characters),
                        "validation_loss": validation, "unigram_loss": baseline}, f, indent=2)
         print(f"saved the state dict to {args.save} (torch.nn names: embedding.*, rnn.*, head.*) and the "
               f"configuration and vocabulary to {args.save}.json; load it with "
-              "gatedrnn.models.torch_char_language_model(**config).load_state_dict(torch.load(path))")
+              "`import gatedrnn.models` and gatedrnn.models.torch_char_language_model(**config)"
+              ".load_state_dict(torch.load(path))")
     return 0
 
 
@@ -378,9 +437,13 @@ def _parse_configs(text: str):
     configs = []
     for item in text.split(";"):
         parts = [p for p in item.replace("x", ",").split(",") if p.strip()]
-        if len(parts) != 3:
-            raise CommandError(f"--configs: expected T,B,H triples separated by ';', got {item!r}")
-        configs.append(tuple(int(p) for p in parts))
+        try:
+            triple = tuple(int(p) for p in parts)
+        except ValueError:
+            triple = ()
+        if len(triple) != 3 or min(triple) < 1:
+            raise CommandError(f"--configs: expected T,B,H triples of positive ints separated by ';', got {item!r}")
+        configs.append(triple)
     return configs
 
 
@@ -468,12 +531,10 @@ def _bench_conv(args, device) -> int:
     if device.type == "cuda":
         if args.backend not in (None, "triton"):
             raise CommandError(f"bench conv on CUDA times the triton backend, not {args.backend}")
+        _backend("triton", device)
         argv.append("--gpu")
     else:
-        backend = args.backend or "cython"
-        if backend == "cython" and not gatedrnn.available_backends()["cython"].available:
-            raise CommandError(f"backend cython cannot run here: {gatedrnn.available_backends()['cython'].reason}")
-        argv += ["--backend", backend]
+        argv += ["--backend", _backend(args.backend, device)]
     if args.network:
         argv.append("--network")
     if args.json:
@@ -484,7 +545,26 @@ def _bench_conv(args, device) -> int:
     return 0
 
 
+def _check_bench_options(args) -> None:
+    """The options every suite shares, checked before any benchmark runs."""
+    if args.repeats is not None and args.repeats < 1:
+        raise CommandError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.warmup is not None and args.warmup < 0:
+        raise CommandError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.configs:
+        _parse_configs(args.configs)
+    if args.profile:
+        try:
+            os.makedirs(args.profile, exist_ok=True)
+        except OSError as error:
+            raise CommandError(f"--profile {args.profile}: cannot create it: {error.strerror}") from None
+    for option in ("json", "plot"):
+        _output_path(getattr(args, option), f"--{option}")
+        _output_path(_suffixed(getattr(args, option), "_conv") if args.suite == "all" else None, f"--{option}")
+
+
 def command_bench(args) -> int:
+    _check_bench_options(args)
     suite = args.suite
     if suite == "conv":
         return _bench_conv(args, _device(args.device))
@@ -496,8 +576,7 @@ def command_bench(args) -> int:
                                               configs=None, profile=None))
         return _bench_conv(conv_args, _device(args.device))
     device = _device(args.device)
-    if args.backend is None:
-        args.backend = "triton" if device.type == "cuda" else "cython"
+    args.backend = _backend(args.backend, device)
     if args.plot:
         _pyplot()  # fail before the benchmark, not after it
     if device.type == "cuda":
@@ -632,8 +711,18 @@ def command_gradients(args) -> int:
     cells = [c.strip().lower() for c in args.cells.split(",") if c.strip()]
     if any(c not in ("rnn", "lstm", "gru") for c in cells):
         raise CommandError(f"--cells: choose from rnn, lstm, gru; got {args.cells}")
+    if not cells:
+        raise CommandError("--cells: name at least one of rnn, lstm, gru")
     if args.seq_len < 2:
         raise CommandError("--seq-len must be >= 2")
+    for name in ("hidden_size", "batch", "train_steps", "train_seq_len", "clip_seq_len", "clip_steps"):
+        if getattr(args, name) < 1:
+            raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    _positive(args, "lr", "clip_lr", "explode_scale")
+    _positive(args, "clip", allow_zero=True)
+    _backend(args.backend, torch.device("cpu"))
+    _output_path(args.json, "--json")
+    _output_path(args.plot, "--plot")
     if args.plot:
         _pyplot()
     generator = torch.Generator().manual_seed(args.seed)
@@ -764,7 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seq-len", type=int, default=64)
     train.add_argument("--batch", type=int, default=32)
     train.add_argument("--steps", type=int, default=500)
-    train.add_argument("--time-budget", type=float, default=75.0, metavar="SECONDS",
+    train.add_argument("--time-budget", type=float, default=TRAIN_TIME_BUDGET, metavar="SECONDS",
                        help="stop training early after this many seconds (0: run every step)")
     train.add_argument("--lr", type=float, default=4e-3)
     train.add_argument("--clip", type=float, default=1.0, help="clip the gradient norm to this (0: off)")

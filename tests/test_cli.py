@@ -2,6 +2,7 @@
 state dict ``train --save`` writes, loaded into plain ``torch.nn`` modules."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -150,6 +151,69 @@ def test_train_stops_when_the_time_budget_runs_out(capsys, small_corpus):
 def test_train_rejects_a_missing_text_file(capsys, tmp_path):
     status, _, err = run_cli(capsys, "train", "--text", str(tmp_path / "absent.txt"))
     assert status == 2 and "cannot read" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--device", "bogus"], "--device: expected cpu, cuda, cuda:N or auto, got 'bogus'"),
+    (["train", "--device", "meta"], "--device: expected cpu, cuda"),
+    (["train", "--dropout", "1.5"], r"--dropout must lie in \[0, 1\), got 1.5"),
+    (["train", "--embedding-dim", "0"], "--embedding-dim must be >= 1, got 0"),
+    (["train", "--max-chars", "-5"], "--max-chars must be >= 1"),
+    (["train", "--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["train", "--lr", "-1"], "--lr must be a finite number > 0"),
+    (["train", "--temperature", "nan"], "--temperature must be a finite number >= 0"),
+    (["train", "--steps", "1", "--seq-len", "100000"], "shorter than --seq-len"),
+    (["train", "--save", "SUBDIR/"], "a file name is needed, not a directory"),
+    (["bench", "--configs", "a,b,c"], "--configs: expected T,B,H triples of positive ints"),
+    (["bench", "--configs", "0,1,8"], "--configs: expected T,B,H triples of positive ints"),
+    (["bench", "--repeats", "0"], "--repeats must be >= 1, got 0"),
+    (["bench", "--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    (["bench", "--json", "MISSING/out.json"], "does not exist"),
+    (["bench", "conv", "--plot", "MISSING/out.png"], "does not exist"),
+    (["bench", "--device", "bogus"], "--device: expected"),
+    (["gradients", "--train-steps", "0"], "--train-steps must be >= 1, got 0"),
+    (["gradients", "--clip", "1", "--clip-steps", "0"], "--clip-steps must be >= 1"),
+    (["gradients", "--batch", "0"], "--batch must be >= 1"),
+    (["gradients", "--cells", ""], "--cells: name at least one"),
+    (["gradients", "--lr", "-1"], "--lr must be a finite number > 0"),
+    (["gradients", "--json", "MISSING/x.json"], "does not exist"),
+])
+def test_bad_options_fail_before_any_work(capsys, tmp_path, small_corpus, argv, message):
+    """A user error is one line ``gatedrnn <command>: error: ...`` and exit status 2, found before
+    the run (training, a benchmark) rather than after it or as a traceback from torch."""
+    argv = [a.replace("SUBDIR", str(tmp_path)).replace("MISSING", str(tmp_path / "missing")) for a in argv]
+    if argv[0] == "train":
+        argv += ["--text", small_corpus, "--quiet"]
+    status, out, err = run_cli(capsys, *argv)
+    assert status == 2 and f"gatedrnn {argv[0]}: error:" in err, (status, out, err)
+    assert re.search(message, err), err
+    assert "training:" not in out and "|" not in out  # nothing ran
+
+
+@pytest.mark.parametrize("command", [["train", "--steps", "1"], ["gradients", "--train-steps", "1"],
+                                     ["bench", "conv", "--quick"], ["bench", "--quick"]])
+def test_unusable_backends_are_usage_errors(capsys, monkeypatch, small_corpus, command):
+    """A backend that cannot run (here: triton without a GPU, or an unknown GATEDRNN_BACKEND)
+    is a usage error naming the fix, for every command that computes; info reports it."""
+    extra = ["--text", small_corpus, "--quiet"] if command[0] == "train" else []
+    if torch.cuda.is_available():
+        pytest.skip("triton can run here")
+    status, _, err = run_cli(capsys, *command, "--backend", "triton", *extra)
+    assert status == 2 and "--backend triton: backend 'triton'" in err, err
+    monkeypatch.setenv("GATEDRNN_BACKEND", "bogus")
+    status, _, err = run_cli(capsys, *command, *extra)
+    assert status == 2 and "unknown backend 'bogus'" in err, err
+    status, out, _ = run_cli(capsys, "info")
+    assert status == 0 and "GATEDRNN_BACKEND is invalid" in out
+
+
+def test_train_reports_the_characters_it_trains_on(capsys, small_corpus):
+    status, out, err = run_cli(capsys, "train", "--text", small_corpus, "--max-chars", "3000", "--steps", "1",
+                               "--hidden-size", "8", "--embedding-dim", "4", "--batch", "2", "--seq-len", "8",
+                               "--sample", "0", "--quiet", "--time-budget", "0.001")
+    assert status == 0, err
+    assert "3,000 characters" in out and "train 2,700 / validation 300" in out
+    assert "slower or busier" not in out  # the budget was the user's, not the default
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
