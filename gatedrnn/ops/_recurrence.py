@@ -290,8 +290,9 @@ class Prepared:
                 self.lengths, self.reverse, *options, self.backend)
 
     def call(self, op, *options):
-        """op on these arguments (and the cell's options), autocast off around it."""
-        return call_without_autocast(self.input.device.type, op, *self.op_arguments(*options))
+        """op on these arguments (and the cell's options), autocast off around it; the op's body
+        trusts them (:func:`checked_call`)."""
+        return call_without_autocast(self.input.device.type, checked_call, op, *self.op_arguments(*options))
 
 
 def prepare(spec: Recurrence, input, hx, weight_ih, weight_hh, bias_ih, bias_hh,
@@ -409,6 +410,30 @@ def autocast_dtype(input: Tensor, backend: str, op: str) -> Optional[torch.dtype
     return target if target in _BACKEND_DTYPES[backend] else torch.float32
 
 
+class _CheckedCalls(threading.local):
+    """How many calls with arguments the functional API has checked this thread is inside."""
+
+    depth = 0
+
+
+_checked_calls = _CheckedCalls()
+
+
+def checked_call(fn, *args):
+    """fn(*args), telling the recurrent ops' bodies that the functional API has checked these
+    arguments (shapes, dtypes, devices, lengths values), so they skip their own checks (about
+    10 us a body). The bodies still check every other call: a torch.compile graph (whose traced
+    Python does not run again, and skips the data-dependent checks when it did) and direct calls
+    of ``torch.ops.gatedrnn.*``. Nothing is marked while compiling."""
+    if torch.compiler.is_compiling():
+        return fn(*args)
+    _checked_calls.depth += 1
+    try:
+        return fn(*args)
+    finally:
+        _checked_calls.depth -= 1
+
+
 def call_without_autocast(device_type: str, fn, *args):
     """fn(*args), with autocast off for ``device_type`` around it where it is on. The ops'
     arguments are already in the dtype they compute in (``autocast_dtype``), and the backends'
@@ -429,9 +454,11 @@ def autocast_cast(dtype: torch.dtype, tensor):
 
 
 def _prepare_lengths(lengths, seq_len: int, batch: int) -> Tensor:
-    """``lengths`` as an int64 CPU tensor (B,), its type and shape checked; the ops' bodies
-    check the values (:func:`check_lengths`). On the CPU whatever the input's device, so that
-    check costs no device synchronisation (the Triton launchers copy the B values over)."""
+    """``lengths`` as a private int64 CPU tensor (B,), checked (the values where not compiling:
+    a data-dependent check would break the graph, and the ops' bodies check them there). A
+    copy, so the values checked are the values the kernels read (the caller's tensor may be
+    pinned and change while the Triton launcher's asynchronous copy is in flight); on the CPU
+    whatever the input's device, so the check costs no device synchronisation."""
     if lengths is None:
         return torch.full((batch,), seq_len, dtype=torch.int64)
     if not isinstance(lengths, Tensor):
@@ -439,22 +466,31 @@ def _prepare_lengths(lengths, seq_len: int, batch: int) -> Tensor:
             raise TypeError(f"lengths must be an integer tensor or a sequence of ints, got {type(lengths).__name__}")
         if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in lengths):
             raise TypeError("lengths must hold ints only")
-        lengths = torch.tensor(list(lengths), dtype=torch.int64)
+        values = [int(v) for v in lengths]  # checked here, as Python ints: no tensor op
+        if len(values) != batch:
+            raise ValueError(f"lengths must have shape (batch,) = ({batch},), got ({len(values)},)")
+        if values and (min(values) < 0 or max(values) > seq_len):
+            raise ValueError(f"lengths must lie in [0, T] = [0, {seq_len}], got values in "
+                             f"[{min(values)}, {max(values)}]")
+        return torch.tensor(values, dtype=torch.int64)
     if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
         raise TypeError(f"lengths must have an integer dtype, got {lengths.dtype}")
     if _shape(lengths) != (batch,):
         raise ValueError(f"lengths must have shape (batch,) = ({batch},), got {_shape(lengths)}")
-    return lengths.to(device="cpu", dtype=torch.int64)
+    lengths = lengths.to(device="cpu", dtype=torch.int64, copy=True)
+    if not torch.compiler.is_compiling():
+        check_lengths(lengths, seq_len, batch)
+    return lengths
 
 
 def check_lengths(lengths: Tensor, seq_len: int, batch: int, values: bool = True) -> None:
     """ValueError unless ``lengths`` is an integer tensor (B,) with values in [0, T] (the values
     only where ``values``).
 
-    Called by the ops' bodies, not by the functional API: a custom op's body runs eagerly even
-    inside a torch.compile graph (where a data-dependent check in the traced code would break
-    the graph), and every kernel indexes time by these values, so an unchecked length would read
-    and write out of bounds. Direct calls of ``torch.ops.gatedrnn.*`` get the same check."""
+    The functional API runs it where not compiling, and the ops' bodies for every call it did not
+    check (:func:`checked_call`): a custom op's body runs eagerly even inside a torch.compile
+    graph, and every kernel indexes time by these values, so an unchecked length would read and
+    write out of bounds. Direct calls of ``torch.ops.gatedrnn.*`` get the same check."""
     if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
         raise TypeError(f"lengths must have an integer dtype, got {lengths.dtype}")
     if _shape(lengths) != (batch,):
@@ -559,11 +595,29 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
     # and biases): the bodies replace them by the int64 copy they checked.
     lengths_at = 1 + num_states + 4
 
+    def check_backward_arguments(grads, forward_args, output, workspace) -> None:
+        """check_forward_arguments (its lengths copy put in forward_args), and the gradients,
+        output and workspace against the forward's shapes."""
+        x, states, (w_ih, w_hh, b_ih, b_hh, lengths, reverse), opts, backend = split_forward(forward_args)
+        op = f"gatedrnn::{spec.name}_backward"
+        forward_args[lengths_at] = check_forward_arguments(op, x, states, w_ih, w_hh, b_ih, b_hh, lengths)
+        hidden_size = w_hh.shape[1]
+        sequence_shape = (x.shape[0], x.shape[1], hidden_size)
+        check_op_tensors(op, [
+            ("grad_output", grads[0], sequence_shape), ("output", output, sequence_shape),
+            *[(f"grad_{name[0]}_n", grad, (x.shape[1], hidden_size)) for name, grad in zip(state_names, grads[1:])],
+        ], x)
+        expected = (workspace_shape(x, hidden_size, opts), x.device, state_dtype(x.dtype))
+        if (_shape(workspace), workspace.device, workspace.dtype) != expected:
+            raise ValueError(f"{op}: workspace must be the forward's, shape {expected[0]} on {expected[1]} in "
+                             f"{expected[2]}, got {_shape(workspace)} on {workspace.device} in {workspace.dtype}")
+
     def forward(*args):
         args = [a.contiguous() if isinstance(a, Tensor) else a for a in args]
         x, states, (w_ih, w_hh, b_ih, b_hh, lengths, reverse), opts, backend = split_forward(args)
-        args[lengths_at] = check_forward_arguments(f"gatedrnn::{spec.name}", x, states, w_ih, w_hh, b_ih, b_hh,
-                                                   lengths)
+        if not _checked_calls.depth:
+            args[lengths_at] = check_forward_arguments(f"gatedrnn::{spec.name}", x, states, w_ih, w_hh, b_ih,
+                                                       b_hh, lengths)
         hidden_size = w_hh.shape[1]
         if x.shape[0] == 0 or x.shape[1] == 0:
             # Nothing to run: every sequence keeps its initial state.
@@ -591,18 +645,8 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
         args = [a.contiguous() if isinstance(a, Tensor) else a for a in args]
         grads, forward_args, output, workspace = split_backward(args)
         x, states, (w_ih, w_hh, b_ih, b_hh, lengths, reverse), opts, backend = split_forward(forward_args)
-        op = f"gatedrnn::{spec.name}_backward"
-        forward_args[lengths_at] = check_forward_arguments(op, x, states, w_ih, w_hh, b_ih, b_hh, lengths)
-        hidden_size = w_hh.shape[1]
-        sequence_shape = (x.shape[0], x.shape[1], hidden_size)
-        check_op_tensors(op, [
-            ("grad_output", grads[0], sequence_shape), ("output", output, sequence_shape),
-            *[(f"grad_{name[0]}_n", grad, (x.shape[1], hidden_size)) for name, grad in zip(state_names, grads[1:])],
-        ], x)
-        expected = (workspace_shape(x, hidden_size, opts), x.device, state_dtype(x.dtype))
-        if (_shape(workspace), workspace.device, workspace.dtype) != expected:
-            raise ValueError(f"{op}: workspace must be the forward's, shape {expected[0]} on {expected[1]} in "
-                             f"{expected[2]}, got {_shape(workspace)} on {workspace.device} in {workspace.dtype}")
+        if not _checked_calls.depth:
+            check_backward_arguments(grads, forward_args, output, workspace)
         if x.shape[0] == 0 or x.shape[1] == 0:
             # The final states are the initial states: their gradients pass straight through.
             gate_rows = w_hh.shape[0]
@@ -647,9 +691,11 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
         if grad_output is None:
             grad_output = torch.zeros_like(output)
         grad_finals = [torch.zeros_like(s) if g is None else g for g, s in zip(grad_rest[:num_states], states)]
+        # The saved inputs passed the forward's checks (the API's or the body's), and autograd
+        # hands gradients of the outputs' shapes: the backward body can trust them.
         grads = call_without_autocast(
-            x.device.type, backward_call, grad_output, *grad_finals, x, *states, w_ih, w_hh, b_ih, b_hh,
-            lengths, ctx.reverse, *ctx.options, output, workspace, ctx.backend,
+            x.device.type, checked_call, backward_call, grad_output, *grad_finals, x, *states, w_ih, w_hh,
+            b_ih, b_hh, lengths, ctx.reverse, *ctx.options, output, workspace, ctx.backend,
         )
         grad_x, *grad_states = grads[:1 + num_states]
         grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = grads[1 + num_states:]
