@@ -330,7 +330,7 @@ def _prepare(op, input, weight, bias, stride, padding, dilation, groups, backend
     Under autocast, input, weight and bias first go to the dtype the call computes in, as torch's
     convolutions (on autocast's lower-precision list) do: the autocast dtype, or float32 on the
     Cython backend, which has no 16-bit kernels."""
-    if isinstance(input, Tensor):
+    if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
         autocast = autocast_dtype(input, resolve_backend(backend, input.device), "conv2d")
         if autocast is not None:
             input, weight, bias = (autocast_cast(autocast, t) for t in (input, weight, bias))

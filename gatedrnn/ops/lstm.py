@@ -218,7 +218,7 @@ def _lstm_with_projection(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, wei
     with input weight [W_ih, W_hh]. Output and h_n are m @ W_hr^T; autograd through these
     products gives every gradient.
     """
-    if isinstance(input, Tensor):
+    if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
         autocast = autocast_dtype(input, resolve_backend(backend, input.device), "lstm")
         if autocast is not None:
             # As prepare() does for the unprojected call: everything in the dtype the op computes
