@@ -33,7 +33,8 @@ PLOT_INSTALL_HINT = "pip install 'gatedrnn[plot]'"
 PERF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "perf")
 
 
-# train's default --time-budget (seconds): the README's run stays around a minute on 2 cores.
+# train's default --time-budget (seconds): the README's run takes 20-30 s on 2 cores; the budget
+# keeps a slower or busier machine near a minute.
 TRAIN_TIME_BUDGET = 75.0
 
 
