@@ -19,6 +19,7 @@ import os
 import platform
 import sys
 import sysconfig
+import tempfile
 import time
 from typing import List, Optional, Sequence
 
@@ -113,8 +114,11 @@ def _output_path(path: Optional[str], option: str, create_directory: bool = Fals
             raise CommandError(f"{option} {path}: cannot create {directory}: {error.strerror}") from None
     if not os.path.isdir(directory):
         raise CommandError(f"{option} {path}: the directory {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise CommandError(f"{option} {path}: the directory {directory} is not writable")
+    try:  # a real probe: os.access says yes to root everywhere, /proc included
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise CommandError(f"{option} {path}: cannot write in {directory}: {error.strerror}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,7 +335,6 @@ def command_train(args) -> int:
     _positive(args, "clip", "time_budget", "sample", "temperature", allow_zero=True)
     if not 0 <= args.dropout < 1:
         raise CommandError(f"--dropout must lie in [0, 1), got {args.dropout}")
-    _output_path(args.save, "--save", create_directory=True)
     if args.text:
         try:
             with open(args.text, encoding="utf-8", errors="replace") as f:
@@ -348,6 +351,7 @@ def command_train(args) -> int:
     if len(data.validation) <= args.seq_len:
         raise CommandError(f"the validation text ({len(data.validation)} characters, the last tenth) is shorter "
                            f"than one sequence of --seq-len {args.seq_len}")
+    _output_path(args.save, "--save", create_directory=True)  # (after every other check: it may create)
     print(f"corpus: {source}: {len(text):,} characters, vocabulary {data.vocab_size}; "
           f"train {len(data.train):,} / validation {len(data.validation):,}")
 
@@ -554,6 +558,8 @@ def _check_bench_options(args) -> None:
         raise CommandError(f"--warmup must be >= 0, got {args.warmup}")
     if args.configs:
         _parse_configs(args.configs)
+    if args.suite == "conv" and (args.cells != "lstm,gru,rnn" or args.configs or args.profile):
+        raise CommandError("--cells, --configs and --profile apply to the rnn suite only")
     if args.profile:
         try:
             os.makedirs(args.profile, exist_ok=True)

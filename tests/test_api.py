@@ -335,6 +335,67 @@ def test_lengths_checked_inside_compiled_graphs_and_direct_op_calls(cell, backen
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_op_bodies_trust_only_what_the_api_checked(backend):
+    """The op bodies skip their checks only inside a plain call the functional API checked: not
+    for the backward of a direct op call (which saved the caller's own lengths tensor), not for
+    an op a dispatch mode calls from inside a checked call, and the API itself runs under fake
+    tensors and make_fx (leaving the value checks to the op's body)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    x, (h0, c0), w_ih, w_hh, b_ih, b_hh = make_args("lstm", requires_grad=True)  # T = 4, B = 3
+    op = torch.ops.gatedrnn.lstm.default
+    # backward of a direct call: its lengths changed in place after the forward (autograd's
+    # version counter does not see a NumPy write) are checked again
+    lengths = torch.tensor([4, 3, 2])
+    output = op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, False, backend)[0]
+    lengths.numpy()[2] = -7
+    with pytest.raises(ValueError, match=r"got values in \[-7, 4\]"):
+        output.sum().backward()
+    # ... and int32 lengths reach the backward converted
+    output = op(x, h0, c0, w_ih, w_hh, b_ih, b_hh, torch.tensor([4, 3, 2], dtype=torch.int32), False, backend)[0]
+    output.sum().backward()
+
+    class Reentrant(TorchDispatchMode):
+        """Calls the op again, with bad lengths, from inside the API's checked call."""
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is op:
+                bad = list(args)
+                bad[7] = torch.tensor([4, 9, -3])
+                func(*bad)
+            return func(*args, **(kwargs or {}))
+
+    with pytest.raises(ValueError, match=r"got values in \[-3, 9\]"), Reentrant():
+        gatedrnn.lstm(x.detach(), (h0.detach(), c0.detach()), w_ih.detach(), w_hh.detach(), lengths=[4, 3, 2],
+                      backend=backend)
+    plain = [t.detach() for t in (x, h0, c0, w_ih, w_hh)]
+
+    def traced(x, h0, c0, w_ih, w_hh, lengths):
+        return gatedrnn.lstm(x, (h0, c0), w_ih, w_hh, lengths=lengths, backend=backend)[0]
+
+    graph = make_fx(traced, tracing_mode="fake")(*plain, torch.tensor([4, 3, 2]))
+    with pytest.raises(ValueError, match=r"got values in \[2, 5\]"):
+        graph(*plain, torch.tensor([4, 5, 2]))
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fakes = [mode.from_tensor(t) for t in plain]
+        assert traced(*fakes, mode.from_tensor(torch.tensor([4, 3, 2]))).shape == (4, 3, 6)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_compiled_list_lengths_are_checked(backend):
+    """Lengths given as a list inside a fullgraph compile: a bad value is the op body's
+    ValueError, not an exception in the traced Python (which fullgraph would refuse)."""
+    torch._dynamo.reset()
+    x, hx, *weights = make_args("gru")
+    compiled = torch.compile(lambda x, lengths: gatedrnn.gru(x, hx, *weights, lengths=lengths, backend=backend)[0],
+                             fullgraph=True, backend="aot_eager")
+    compiled(x, [4, 3, 2])
+    with pytest.raises(ValueError, match=r"got values in \[2, 9\]"):
+        compiled(x, [4, 9, 2])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_direct_op_calls_check_shapes(cell, backend):
     """torch.ops.gatedrnn.<cell> skips the functional API: its body still refuses tensors whose

@@ -177,6 +177,7 @@ def test_train_rejects_a_missing_text_file(capsys, tmp_path):
     (["gradients", "--cells", ""], "--cells: name at least one"),
     (["gradients", "--lr", "-1"], "--lr must be a finite number > 0"),
     (["gradients", "--json", "MISSING/x.json"], "does not exist"),
+    (["bench", "conv", "--profile", "MISSING/trace"], "apply to the rnn suite only"),
 ])
 def test_bad_options_fail_before_any_work(capsys, tmp_path, small_corpus, argv, message):
     """A user error is one line ``gatedrnn <command>: error: ...`` and exit status 2, found before
@@ -188,6 +189,7 @@ def test_bad_options_fail_before_any_work(capsys, tmp_path, small_corpus, argv, 
     assert status == 2 and f"gatedrnn {argv[0]}: error:" in err, (status, out, err)
     assert re.search(message, err), err
     assert "training:" not in out and "|" not in out  # nothing ran
+    assert not os.path.exists(tmp_path / "missing")  # nor was anything created
 
 
 @pytest.mark.parametrize("command", [["train", "--steps", "1"], ["gradients", "--train-steps", "1"],

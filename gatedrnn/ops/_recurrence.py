@@ -423,9 +423,10 @@ def checked_call(fn, *args):
     """fn(*args), telling the recurrent ops' bodies that the functional API has checked these
     arguments (shapes, dtypes, devices, lengths values), so they skip their own checks (about
     10 us a body). The bodies still check every other call: a torch.compile graph (whose traced
-    Python does not run again, and skips the data-dependent checks when it did) and direct calls
-    of ``torch.ops.gatedrnn.*``. Nothing is marked while compiling."""
-    if torch.compiler.is_compiling():
+    Python does not run again, and skips the data-dependent checks when it did), direct calls of
+    ``torch.ops.gatedrnn.*``, and any call under a compiler, tracer, mode, functorch transform or
+    tensor subclass (:func:`_plain_call`), whose own code could call an op inside this one."""
+    if not _plain_call([a for a in args if isinstance(a, Tensor)]):
         return fn(*args)
     _checked_calls.depth += 1
     try:
@@ -469,7 +470,8 @@ def _prepare_lengths(lengths, seq_len: int, batch: int) -> Tensor:
         values = [int(v) for v in lengths]  # checked here, as Python ints: no tensor op
         if len(values) != batch:
             raise ValueError(f"lengths must have shape (batch,) = ({batch},), got ({len(values)},)")
-        if values and (min(values) < 0 or max(values) > seq_len):
+        # (while compiling, the op's body checks them: an exception here would break a fullgraph)
+        if values and not torch.compiler.is_compiling() and (min(values) < 0 or max(values) > seq_len):
             raise ValueError(f"lengths must lie in [0, T] = [0, {seq_len}], got values in "
                              f"[{min(values)}, {max(values)}]")
         return torch.tensor(values, dtype=torch.int64)
@@ -478,7 +480,7 @@ def _prepare_lengths(lengths, seq_len: int, batch: int) -> Tensor:
     if _shape(lengths) != (batch,):
         raise ValueError(f"lengths must have shape (batch,) = ({batch},), got {_shape(lengths)}")
     lengths = lengths.to(device="cpu", dtype=torch.int64, copy=True)
-    if not torch.compiler.is_compiling():
+    if _plain_call([lengths]):  # (not compiling, tracing or faking: there the op's body checks)
         check_lengths(lengths, seq_len, batch)
     return lengths
 
@@ -679,6 +681,9 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
     def setup_context(ctx, inputs, output):
         x, states, (w_ih, w_hh, b_ih, b_hh, lengths, reverse), opts, backend = split_forward(list(inputs))
         ctx.save_for_backward(x, *states, w_ih, w_hh, b_ih, b_hh, lengths, output[0], output[-1])
+        # Whether the functional API checked these inputs (checked_call): only then may the
+        # backward body trust them (a direct call saves the caller's own lengths tensor).
+        ctx.checked = bool(_checked_calls.depth)
         ctx.reverse = reverse
         ctx.options = opts
         ctx.backend = backend
@@ -691,11 +696,12 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
         if grad_output is None:
             grad_output = torch.zeros_like(output)
         grad_finals = [torch.zeros_like(s) if g is None else g for g, s in zip(grad_rest[:num_states], states)]
-        # The saved inputs passed the forward's checks (the API's or the body's), and autograd
-        # hands gradients of the outputs' shapes: the backward body can trust them.
+        # Inputs the functional API checked (its private lengths copy among them), and gradients
+        # autograd shaped like the outputs: the backward body can trust them. Otherwise it checks.
+        run = (lambda *args: checked_call(backward_call, *args)) if ctx.checked else backward_call
         grads = call_without_autocast(
-            x.device.type, checked_call, backward_call, grad_output, *grad_finals, x, *states, w_ih, w_hh,
-            b_ih, b_hh, lengths, ctx.reverse, *ctx.options, output, workspace, ctx.backend,
+            x.device.type, run, grad_output, *grad_finals, x, *states, w_ih, w_hh, b_ih, b_hh, lengths,
+            ctx.reverse, *ctx.options, output, workspace, ctx.backend,
         )
         grad_x, *grad_states = grads[:1 + num_states]
         grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh = grads[1 + num_states:]
