@@ -571,6 +571,7 @@ def _check_bench_options(args) -> None:
 
 
 def command_bench(args) -> int:
+    _device(args.device)  # (checked before _check_bench_options may create --profile)
     _check_bench_options(args)
     suite = args.suite
     if suite == "conv":
