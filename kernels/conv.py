@@ -90,6 +90,23 @@ PIXELS_LAST = tuple(int(p) for p in triton.__version__.split(".")[:2]) >= (3, 7)
 
 
 @triton.jit
+def _split_range(split, pixels_per_split, P):
+    """[begin, end) of the output pixels one split of a weight-gradient reduction sums over
+    (whole pixel tiles; the last split's range clipped to P)."""
+    begin = split * pixels_per_split
+    return begin, tl.minimum(begin + pixels_per_split, P)
+
+
+@triton.jit
+def _pixel_chunk(p0, p_end, W_out, H_out, BLOCK_P: tl.constexpr):
+    """Output pixels p0 .. p0 + BLOCK_P - 1 of a weight-gradient reduction: (sample int64,
+    row, column, whether the pixel is before p_end)."""
+    ps = p0 + tl.arange(0, BLOCK_P)
+    n, oh, ow = _unflatten(ps, W_out, H_out)
+    return n.to(tl.int64), oh, ow, ps < p_end
+
+
+@triton.jit
 def _unflatten(flat, width, height):
     """(outer, row, column) of flat row-major indices over an (outer, height, width) grid: a flat
     pixel index gives (sample, h, w) with (W, H); a flat reduction index (c, kh, kw) with (KW, KH)."""
@@ -330,15 +347,10 @@ def conv2d_weight_grad_kernel(
     col_x = (group * C_group + c) * sxc
     gy_chan = out_channel * sgc
     zero_o = tl.zeros((BLOCK_O,), dtype=tl.int32)
-    p_begin = split * pixels_per_split
-    p_end = tl.minimum(p_begin + pixels_per_split, P)
-    offs_p = tl.arange(0, BLOCK_P)
+    p_begin, p_end = _split_range(split, pixels_per_split, P)
     acc = tl.zeros((BLOCK_O, BLOCK_C), dtype=tl.float32)
     for p0 in range(p_begin, p_end, BLOCK_P):
-        ps = p0 + offs_p
-        p_ok = ps < p_end
-        n, oh, ow = _unflatten(ps, W_out, H_out)
-        n64 = n.to(tl.int64)
+        n64, oh, ow, p_ok = _pixel_chunk(p0, p_end, W_out, H_out, BLOCK_P)
         gy = _gather_tile(gy_ptr + n64 * sgn, gy_chan, zero_o, zero_o, o_ok, oh, ow, p_ok, sgh, sgw, H_out, W_out,
                           PIXELS_LAST)
         xt = _gather_tile(x_ptr + n64 * sxn, col_x, khd, kwd, col_ok, oh * stride_h - pad_top,
@@ -443,14 +455,10 @@ def conv2d_weight_grad_direct_kernel(
     c, kh, kw = _unflatten(col, KW, KH)
     in_channel = (offs_n // C_out_group) * C_group + c
     zero_n = tl.zeros((BLOCK_N,), dtype=tl.int32)
-    p_begin = split * pixels_per_split
-    p_end = tl.minimum(p_begin + pixels_per_split, P)
+    p_begin, p_end = _split_range(split, pixels_per_split, P)
     acc = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
     for p0 in range(p_begin, p_end, BLOCK_P):
-        ps = p0 + tl.arange(0, BLOCK_P)
-        n, oh, ow = _unflatten(ps, W_out, H_out)
-        n64 = n.to(tl.int64)
-        p_ok = ps < p_end
+        n64, oh, ow, p_ok = _pixel_chunk(p0, p_end, W_out, H_out, BLOCK_P)
         g = _gather_tile(gy_ptr + n64 * sgn, offs_n * sgc, zero_n, zero_n, n_ok, oh, ow, p_ok, sgh, sgw, H_out,
                          W_out, PIXELS_LAST)
         xv = _gather_tile(x_ptr + n64 * sxn, in_channel * sxc, zero_n + kh * dil_h, zero_n + kw * dil_w, n_ok,
@@ -631,15 +639,10 @@ def conv2d_weight_grad_nhwc_kernel(
     offs_c = (pid_col - tap * n_ctiles) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = offs_c < C_group
     in_channel = group * C_group + offs_c
-    p_begin = split * pixels_per_split
-    p_end = tl.minimum(p_begin + pixels_per_split, P)
-    offs_p = tl.arange(0, BLOCK_P)
+    p_begin, p_end = _split_range(split, pixels_per_split, P)
     acc = tl.zeros((BLOCK_O, BLOCK_C), dtype=tl.float32)
     for p0 in range(p_begin, p_end, BLOCK_P):
-        ps = p0 + offs_p
-        p_ok = ps < p_end
-        n, oh, ow = _unflatten(ps, W_out, H_out)
-        n64 = n.to(tl.int64)
+        n64, oh, ow, p_ok = _pixel_chunk(p0, p_end, W_out, H_out, BLOCK_P)
         gy = tl.load((gy_ptr + n64 * sgn + oh * sgh + ow * sgw)[:, None] + out_channel[None, :],
                      mask=p_ok[:, None] & o_ok[None, :], other=0.0)
         ih = oh * stride_h - pad_top + kh * dil_h
