@@ -369,10 +369,12 @@ def prepare(spec: Recurrence, input, hx, weight_ih, weight_hh, bias_ih, bias_hh,
     backend_name = resolve_backend(backend, device)
     autocast = autocast_dtype(input, backend_name, name)
     if autocast is not None:
-        x, weight_ih, weight_hh, bias_ih, bias_hh = (autocast_cast(autocast, t) for t in
-                                                     (x, weight_ih, weight_hh, bias_ih, bias_hh))
-        states = [autocast_cast(autocast, state) for state in states]
-        named = [(argument, autocast_cast(autocast, tensor)) for argument, tensor in named]
+        # each tensor cast once (named holds the same weights, biases and given states; h0 may be c0)
+        casts = {id(t): autocast_cast(autocast, t) for t in (x, weight_ih, weight_hh, bias_ih, bias_hh, *states)}
+        x, weight_ih, weight_hh, bias_ih, bias_hh = (casts[id(t)] for t in (x, weight_ih, weight_hh, bias_ih,
+                                                                            bias_hh))
+        states = [casts[id(state)] for state in states]
+        named = [(argument, casts[id(tensor)]) for argument, tensor in named]
         input, dtype = x, x.dtype
     check_like_input(named, input)
 
@@ -475,10 +477,7 @@ def _prepare_lengths(lengths, seq_len: int, batch: int) -> Tensor:
             raise ValueError(f"lengths must lie in [0, T] = [0, {seq_len}], got values in "
                              f"[{min(values)}, {max(values)}]")
         return torch.tensor(values, dtype=torch.int64)
-    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
-        raise TypeError(f"lengths must have an integer dtype, got {lengths.dtype}")
-    if _shape(lengths) != (batch,):
-        raise ValueError(f"lengths must have shape (batch,) = ({batch},), got {_shape(lengths)}")
+    check_lengths(lengths, seq_len, batch, values=False)  # the dtype before the copy converts it
     lengths = lengths.to(device="cpu", dtype=torch.int64, copy=True)
     if _plain_call([lengths]):  # (not compiling, tracing or faking: there the op's body checks)
         check_lengths(lengths, seq_len, batch)
