@@ -33,7 +33,7 @@ from libc.string cimport memset, memcpy
 
 import numpy as np
 
-from _common cimport gemm, omp_barrier
+from _common cimport empty_scratch, gemm, omp_barrier
 
 
 cdef extern from *:
@@ -42,9 +42,7 @@ cdef extern from *:
     #include <stdlib.h>
     #include <string.h>
     #include <sched.h>
-    #if defined(__linux__)
-    #include <sys/mman.h>
-    #endif
+    #include "_huge_pages.h"
 
     #if defined(__GNUC__) || defined(__clang__)
     #define GR_RESTRICT __restrict__
@@ -127,13 +125,40 @@ cdef extern from *:
             c[j] = c_new; out[j] = h; h_next[j] = h;                                         \\
         }                                                                                    \\
     }                                                                                        \\
+    /* The same without the workspace, for a forward no backward follows (inference): it     \\
+       saves writing 5 H values a row (65 MB a call at T=100, B=64, H=512). */                \\
+    __attribute__((noinline))                                                                \\
+    static void gr_cell_infer_impl_##SFX(int n,                                              \\
+            const T* GR_RESTRICT xi, const T* GR_RESTRICT xf,                                \\
+            const T* GR_RESTRICT xg, const T* GR_RESTRICT xo,                                \\
+            const T* GR_RESTRICT bi, const T* GR_RESTRICT bf,                                \\
+            const T* GR_RESTRICT bg, const T* GR_RESTRICT bo, const T* GR_RESTRICT ri,       \\
+            const T* GR_RESTRICT rf, const T* GR_RESTRICT rg, const T* GR_RESTRICT ro,       \\
+            T* GR_RESTRICT c, T* GR_RESTRICT out, T* GR_RESTRICT h_next)                     \\
+    {                                                                                        \\
+        for (int j = 0; j < n; j++) {                                                        \\
+            T i = gr_sigmoid_##SFX(xi[j] + bi[j] + ri[j]);                                   \\
+            T f = gr_sigmoid_##SFX(xf[j] + bf[j] + rf[j]);                                   \\
+            T g = gr_tanh_##SFX(xg[j] + bg[j] + rg[j]);                                      \\
+            T o = gr_sigmoid_##SFX(xo[j] + bo[j] + ro[j]);                                   \\
+            T c_new = f * c[j] + i * g;                                                      \\
+            T h = o * gr_tanh_##SFX(c_new);                                                  \\
+            c[j] = c_new; out[j] = h; h_next[j] = h;                                         \\
+        }                                                                                    \\
+    }                                                                                        \\
+    /* ws NULL: no workspace (inference). */                                                 \\
     static void gr_lstm_cell_forward_##SFX(int n, int H, T* ws, const T* xp, const T* bias,  \\
             const T* rec, int rs, T* c, T* out, T* h_next)                                   \\
     {                                                                                        \\
-        gr_cell_forward_impl_##SFX(n, ws, ws + H, ws + 2 * H, ws + 3 * H, ws + 4 * H,         \\
-            xp, xp + rs, xp + 2 * rs, xp + 3 * rs,                                           \\
-            bias, bias + H, bias + 2 * H, bias + 3 * H, rec, rec + rs, rec + 2 * rs,          \\
-            rec + 3 * rs, c, out, h_next);                                                   \\
+        if (ws == NULL)                                                                      \\
+            gr_cell_infer_impl_##SFX(n, xp, xp + rs, xp + 2 * rs, xp + 3 * rs,                \\
+                bias, bias + H, bias + 2 * H, bias + 3 * H, rec, rec + rs, rec + 2 * rs,      \\
+                rec + 3 * rs, c, out, h_next);                                               \\
+        else                                                                                 \\
+            gr_cell_forward_impl_##SFX(n, ws, ws + H, ws + 2 * H, ws + 3 * H, ws + 4 * H,     \\
+                xp, xp + rs, xp + 2 * rs, xp + 3 * rs,                                       \\
+                bias, bias + H, bias + 2 * H, bias + 3 * H, rec, rec + rs, rec + 2 * rs,      \\
+                rec + 3 * rs, c, out, h_next);                                               \\
     }                                                                                        \\
     /* Backward of the cell for n units of one row: gate pre-activation gradients into       \\
        dgates and dgates_step (stride H between gate blocks in both), dc updated in place    \\
@@ -347,14 +372,13 @@ cdef extern from *:
     #if defined(_MSC_VER)
         return _aligned_malloc(size ? size : 64, 64);
     #else
-    #if defined(MADV_HUGEPAGE)
         const size_t huge = (size_t)2 << 20;
-        if (size >= 2 * huge) {
-            void* p = aligned_alloc(huge, (size + huge - 1) / huge * huge);
-            if (p != NULL) madvise(p, (size + huge - 1) / huge * huge, MADV_HUGEPAGE);
+        if (size >= GATEDRNN_HUGE_PAGE_MIN_BYTES) {
+            size_t rounded = (size + huge - 1) / huge * huge;
+            void* p = aligned_alloc(huge, rounded);
+            gatedrnn_advise_huge_pages(p, rounded);
             return p;
         }
-    #endif
         return aligned_alloc(64, size ? size : 64);
     #endif
     }
@@ -550,7 +574,7 @@ cdef int lstm_forward_worker(
                 length = lengths[b]
                 if s < length:
                     t = length - 1 - s if reverse else s
-                    row = workspace + (<size_t> t * B + b) * W + j0
+                    row = workspace + (<size_t> t * B + b) * W + j0 if workspace != NULL else NULL
                     if floating is float:
                         gr_lstm_cell_forward_f32(
                             nu, H, row, x_proj + (<size_t> t * B + b) * n_cols, bias + j0,
@@ -566,14 +590,16 @@ cdef int lstm_forward_worker(
                     # either direction, so this is where its zero rows get written.
                     memcpy(h_next + <size_t> b * H + j0, h_prev + <size_t> b * H + j0,
                            nu * sizeof(floating))
-                    zero_units(workspace + (<size_t> s * B + b) * W, H, 5, j0, nu)
+                    if workspace != NULL:
+                        zero_units(workspace + (<size_t> s * B + b) * W, H, 5, j0, nu)
                     zero_units(output + (<size_t> s * B + b) * H, H, 1, j0, nu)
         gr_barrier_wait(barrier, n_threads)  # h_next complete before anyone reads it as h_prev
 
     if nu > 0:
         for s in range(max_length, T):
             for b in range(B):
-                zero_units(workspace + (<size_t> s * B + b) * W, H, 5, j0, nu)
+                if workspace != NULL:
+                    zero_units(workspace + (<size_t> s * B + b) * W, H, 5, j0, nu)
                 zero_units(output + (<size_t> s * B + b) * H, H, 1, j0, nu)
         for b in range(B):
             memcpy(h_n + <size_t> b * H + j0,
@@ -766,19 +792,23 @@ def lstm_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
     x (T, B, I); h0, c0 (B, H); w_ih (4H, I); w_hh (4H, H); bias (4H,) = b_ih + b_hh;
     lengths int64 (B,), 0 <= lengths[b] <= T; reverse: run each sequence backwards within its
     length. Writes output (T, B, H) (zero past a length), h_n, c_n (B, H) (state after each
-    sequence's last step) and workspace (T, B, 5H) = [i, f, g, o, c] (zero past a length).
+    sequence's last step) and workspace (T, B, 5H) = [i, f, g, o, c] (zero past a length); a
+    workspace with no elements (a forward no backward follows) is left out, not written.
     All floating arrays float32 or all float64, C-contiguous. num_threads: OpenMP threads.
     """
     cdef int T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     cdef int max_length = max_length_of(lengths, T)
     cdef int failed = 0
+    cdef floating* workspace_rows = NULL
+    if workspace.shape[0] * workspace.shape[1] * workspace.shape[2] > 0:
+        workspace_rows = &workspace[0, 0, 0]
     dtype = np.float32 if floating is float else np.float64
     cdef floating[:, :, ::1] h_buffers = np.empty((2, B, H), dtype=dtype)
     cdef int[::1] barrier = np.zeros(64, dtype=np.intc)
     with nogil, parallel(num_threads=max(num_threads, 1)):
         lstm_forward_worker(T, B, I, H, &x[0, 0, 0], &h0[0, 0], &c0[0, 0], &w_ih[0, 0],
                             &w_hh[0, 0], &bias[0], &lengths[0], max_length, reverse,
-                            &output[0, 0, 0], &h_n[0, 0], &c_n[0, 0], &workspace[0, 0, 0],
+                            &output[0, 0, 0], &h_n[0, 0], &c_n[0, 0], workspace_rows,
                             &h_buffers[0, 0, 0], <gr_barrier_t*> &barrier[0], &failed)
     if failed:
         raise MemoryError("lstm_forward: could not allocate the per-thread buffers")
@@ -805,7 +835,7 @@ def lstm_backward(const floating[:, :, ::1] grad_output, const floating[:, ::1] 
     cdef int max_length = max_length_of(lengths, T)
     cdef int failed = 0
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, :, ::1] dgates = np.empty((T, B, 4 * H), dtype=dtype)
+    cdef floating[:, :, ::1] dgates = empty_scratch((T, B, 4 * H), dtype)
     # zeros: if every length is 0 the loop never runs and dgates_step[0] stays the (zero)
     # first-step gradient used for dW_hh's h0 term
     cdef floating[:, :, ::1] dgates_step = np.zeros((2, B, 4 * H), dtype=dtype)

@@ -56,8 +56,10 @@ def relative_error(actual: torch.Tensor, expected: np.ndarray) -> float:
     return float(np.linalg.norm(actual - expected) / scale)
 
 
-def run_case(case: Case, backend: str, dtype: torch.dtype, device: str = "cpu", seed: int = 0):
-    """Run ``case`` on ``backend`` and assert agreement with the oracle."""
+def run_case(case: Case, backend: str, dtype: torch.dtype, device: str = "cpu", seed: int = 0,
+             inference: bool = False):
+    """Run ``case`` on ``backend`` and assert agreement with the oracle; with ``inference`` the
+    forward alone, under ``torch.no_grad()`` (the path that writes no workspace)."""
     rng = np.random.default_rng(seed)
     T, B, I, H = case.seq_len, case.batch, case.input_size, case.hidden_size
     G = GATES[case.cell]
@@ -113,8 +115,9 @@ def run_case(case: Case, backend: str, dtype: torch.dtype, device: str = "cpu", 
         hx = tuple(state_t) if case.cell == "lstm" else state_t[0]
     length_arg = None if lengths is None else torch.from_numpy(lengths)
     fn = getattr(gatedrnn, case.cell)
-    result = fn(x_in, hx, *params, lengths=length_arg, reverse=case.reverse,
-                batch_first=case.batch_first, backend=backend, **case.options)
+    with torch.set_grad_enabled(not inference):
+        result = fn(x_in, hx, *params, lengths=length_arg, reverse=case.reverse,
+                    batch_first=case.batch_first, backend=backend, **case.options)
     output, finals = result[0], result[1]
     finals = list(finals) if case.cell == "lstm" else [finals]
     if case.batch_first:
@@ -131,6 +134,8 @@ def run_case(case: Case, backend: str, dtype: torch.dtype, device: str = "cpu", 
     for name, (actual, expected) in checks.items():
         err = relative_error(actual, expected)
         assert err <= tol, f"{name}: relative error {err:.3e} > {tol:.1e}"
+    if inference:
+        return
 
     upstream = [output_tm, *finals]
     grads = [tensor(grad_output, False), *[tensor(g, False) for g in grad_finals]]

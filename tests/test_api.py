@@ -508,3 +508,36 @@ def test_seed_gru_mapping_runs_through_the_op():
     to = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     out, _ = gatedrnn.gru(to(x), None, to(w_ih), to(w_hh), to(b_ih), to(b_hh), reset_after=False, backend="numpy")
     np.testing.assert_allclose(out.numpy(), np.stack(outputs), rtol=1e-12, atol=1e-12)
+
+
+# --- huge pages for large CPU outputs ------------------------------------------------------------
+
+def _vm_flags(address: int) -> list:
+    """The VmFlags of the mapping that holds ``address`` (/proc/self/smaps)."""
+    current = None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                start, end = (int(part, 16) for part in head.split("-"))
+                current = start <= address < end
+            elif head == "VmFlags:" and current:
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@needs_cython
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel/mm/transparent_hugepage"),
+                    reason="needs Linux with transparent huge pages")
+def test_large_cpu_outputs_are_advised_huge_pages(monkeypatch):
+    from gatedrnn.ops._recurrence import new_output
+
+    monkeypatch.delenv("GATEDRNN_HUGE_PAGES", raising=False)
+    # 64 MiB: above glibc's largest mmap threshold, so fresh memory of its own; a page inside
+    # (the advice covers the 2 MiB-aligned interior).
+    advised = new_output((16 << 20,), torch.float32, torch.device("cpu"))
+    assert "hg" in _vm_flags(advised.data_ptr() + (4 << 20))
+    assert torch.isnan(advised[: 1 << 10]).all()  # still poisoned for the tests after the advice
+    monkeypatch.setenv("GATEDRNN_HUGE_PAGES", "0")
+    plain = new_output((16 << 20,), torch.float32, torch.device("cpu"))
+    assert "hg" not in _vm_flags(plain.data_ptr() + (4 << 20))

@@ -18,6 +18,32 @@ def test_cython_matches_oracle(case, dtype):
     run_case(case, "cython", dtype)
 
 
+@CYTHON
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_cython_inference_matches_oracle(case, dtype):
+    # Under no_grad the eager call runs the forward that writes no workspace (its own cell
+    # function, and the zeroing past each length without the workspace rows).
+    run_case(case, "cython", dtype, inference=True)
+
+
+@CYTHON
+def test_cython_inference_skips_the_workspace():
+    from gatedrnn.ops.lstm import _lstm_op
+
+    T, B, I, H = 6, 3, 5, 17
+    x, h0, c0 = torch.randn(T, B, I), torch.randn(B, H), torch.randn(B, H)
+    w_ih, w_hh, b = torch.randn(4 * H, I), torch.randn(4 * H, H), torch.randn(4 * H)
+    lengths = torch.tensor([6, 2, 0])
+    args = (x, h0, c0, w_ih, w_hh, b, b, lengths, False, "cython")
+    with torch.no_grad():
+        inferred = _lstm_op(*args)
+    recorded = _lstm_op(*(a.requires_grad_() if a is w_hh else a for a in args))
+    assert inferred[3].numel() == 0 and recorded[3].shape == (T, B, 5 * H)
+    for name, a, e in zip(("output", "h_n", "c_n"), inferred[:3], recorded[:3]):
+        torch.testing.assert_close(a, e.detach(), rtol=1e-6, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("case", CASES[:4], ids=[c.id for c in CASES[:4]])
 def test_numpy_backend_matches_oracle(case):
     # The numpy backend is the oracle behind the op machinery: this checks that plumbing.

@@ -22,6 +22,7 @@ reach a kernel. Biases may be None; bias gradients are always returned (dropped 
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import numbers
 import os
@@ -69,12 +70,41 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
 def new_output(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
     """Allocate a tensor a kernel is about to fill.
 
-    With ``GATEDRNN_POISON_OUTPUTS=1`` (the test suite sets it) it is filled with NaN first, so
-    an entry the kernel forgets to write shows up as NaN instead of stale memory.
+    A large one on the CPU is advised to use huge pages first (``advise_huge_pages``). With
+    ``GATEDRNN_POISON_OUTPUTS=1`` (the test suite sets it) it is filled with NaN, so an entry the
+    kernel forgets to write shows up as NaN instead of stale memory.
     """
+    tensor = advise_huge_pages(torch.empty(tuple(shape), dtype=dtype, device=device))
     if os.environ.get(POISON_ENV, "0") not in ("", "0"):
-        return torch.full(tuple(shape), float("nan"), dtype=dtype, device=device)
-    return torch.empty(tuple(shape), dtype=dtype, device=device)
+        tensor.fill_(float("nan"))
+    return tensor
+
+
+@functools.lru_cache(maxsize=None)
+def _huge_page_advice():
+    """(advise(address, nbytes), smallest size advised) from ``gatedrnn._cpu.memory``, or None
+    when that extension is not built."""
+    try:
+        memory = importlib.import_module("gatedrnn._cpu.memory")
+    except ImportError:
+        return None
+    return memory.advise_huge_pages_at, memory.MIN_BYTES
+
+
+def advise_huge_pages(tensor: Tensor) -> Tensor:
+    """``tensor`` (just allocated, not yet written), after asking Linux to back it with 2 MiB
+    pages when it is a CPU tensor of at least 4 MiB: malloc serves such blocks from fresh memory
+    (always from 32 MiB), which 4 KiB pages fault in one by one on first touch, 23 ms of a 170
+    ms LSTM forward at T=100, B=64, H=512 here (cpu/_huge_pages.h). ``GATEDRNN_HUGE_PAGES=0``
+    turns the advice off (read by the extension at each call). Does nothing elsewhere."""
+    if tensor.device.type != "cpu" or type(tensor) is not Tensor:
+        return tensor
+    advice = _huge_page_advice()
+    nbytes = tensor.numel() * tensor.element_size()
+    if advice is None or nbytes < advice[1]:
+        return tensor
+    advice[0](tensor.data_ptr(), nbytes)
+    return tensor
 
 
 def to_numpy64(tensor: Optional[Tensor]) -> Optional[np.ndarray]:
@@ -177,7 +207,7 @@ def _eager_autograd(name: str, body: Callable, setup_context: Callable, backward
 
 
 def eager_or_op(op: Callable, body: Callable, setup_context: Optional[Callable] = None,
-                backward: Optional[Callable] = None) -> Callable:
+                backward: Optional[Callable] = None, inference: Optional[Callable] = None) -> Callable:
     """A function with ``op``'s arguments that runs ``body`` (the custom op's own Python function)
     where :func:`eager_call` allows it, else ``op`` through the dispatcher.
 
@@ -185,14 +215,16 @@ def eager_or_op(op: Callable, body: Callable, setup_context: Optional[Callable] 
     autograd records runs ``body`` in an autograd.Function built from them (same saved tensors,
     same backward, so the same gradients), skipping the op's dispatch and its generated autograd
     wrapper (a tiny conv2d's forward + backward: 255 -> 145 us; torch's own takes 42). Compilers,
-    tracers, modes, functorch and fake tensors still see the op."""
+    tracers, modes, functorch and fake tensors still see the op. ``inference``, where given, runs
+    instead of ``body`` for a call nothing records: a variant whose outputs that only the
+    backward reads (a recurrence's workspace) may come back empty."""
     function = None if backward is None else _eager_autograd(getattr(op, "_name", body.__name__),
                                                                body, setup_context, backward)
 
     def run(*args):
         present = [a for a in args if isinstance(a, Tensor)]
         if eager_call(*present):
-            return body(*args)
+            return (inference or body)(*args)
         if function is not None and _records(present) and _plain_call(present):
             return function.apply(*args)
         return op(*args)
@@ -533,9 +565,11 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
     """Register ``gatedrnn::<name>`` and ``gatedrnn::<name>_backward`` with fake and autograd.
 
     ``implementations`` maps a backend name to a function returning its (forward, backward)
-    pair, called when the backend first runs (so ``triton`` is imported only when used).
-    Returns a function with the forward op's arguments that calls the op, or the op's body
-    directly where nothing needs the dispatch (eager inference: :func:`eager_call`).
+    pair, called when the backend first runs (so ``triton`` is imported only when used), or a
+    triple whose third is an inference forward (the forward's arguments and outputs, the
+    workspace empty and not written). Returns a function with the forward op's arguments that
+    calls the op, or the op's body directly where nothing needs the dispatch (eager inference:
+    :func:`eager_call`, which runs the inference forward where there is one).
     """
     num_states = spec.num_states
     num_options = 1 if spec.option_schema else 0
@@ -614,6 +648,14 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
                              f"{expected[2]}, got {_shape(workspace)} on {workspace.device} in {workspace.dtype}")
 
     def forward(*args):
+        return run_forward(args, inference=False)
+
+    def inference(*args):
+        """forward for an eager call nothing records: a backend with an inference forward (the
+        third of its implementations) writes no workspace and returns an empty one."""
+        return run_forward(args, inference=True)
+
+    def run_forward(args, inference: bool):
         args = [a.contiguous() if isinstance(a, Tensor) else a for a in args]
         x, states, (w_ih, w_hh, b_ih, b_hh, lengths, reverse), opts, backend = split_forward(args)
         if not _checked_calls.depth:
@@ -625,7 +667,8 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
             output = x.new_zeros((x.shape[0], x.shape[1], hidden_size))
             workspace = x.new_zeros(workspace_shape(x, hidden_size, opts), dtype=state_dtype(x.dtype))
             return (output, *[s.clone() for s in states], workspace)
-        forward_fn, _ = backend_pair(backend)
+        functions = backend_pair(backend)
+        forward_fn = functions[2] if inference and len(functions) > 2 else functions[0]
         return tuple(forward_fn(*args[:-1]))
 
     def forward_fake(*args):
@@ -656,7 +699,7 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
                 torch.zeros_like(w_ih), torch.zeros_like(w_hh),
                 w_hh.new_zeros(gate_rows), w_hh.new_zeros(gate_rows),
             )
-        _, backward_fn = backend_pair(backend)
+        backward_fn = backend_pair(backend)[1]
         return tuple(backward_fn(*grads, *forward_args[:-1], output, workspace))
 
     def backward_fake(*args):
@@ -712,7 +755,7 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
         )
 
     forward_op.register_autograd(autograd_backward, setup_context=setup_context)
-    return eager_or_op(forward_op, forward, setup_context, autograd_backward)
+    return eager_or_op(forward_op, forward, setup_context, autograd_backward, inference=inference)
 
 
 def finish_output(output: Tensor, batch_first: bool) -> Tensor:

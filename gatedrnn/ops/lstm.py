@@ -10,6 +10,7 @@ With a projection ``weight_hr`` (torch's ``proj_size``): h' = W_hr (o * tanh(c')
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -65,13 +66,14 @@ def _numpy_backward(grad_output, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, b_ih
 
 # --- cython backend -----------------------------------------------------------------------------
 
-def _cython_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
+def _cython_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, need_workspace=True):
     seq_len, batch, _ = x.shape
     hidden_size = w_hh.shape[1]
     output = new_output((seq_len, batch, hidden_size), x.dtype, x.device)
     h_n = new_output((batch, hidden_size), x.dtype, x.device)
     c_n = new_output((batch, hidden_size), x.dtype, x.device)
-    workspace = new_output((seq_len, batch, 5 * hidden_size), x.dtype, x.device)
+    # Inference (no backward follows) skips the workspace: 5 H values a row not written.
+    workspace = new_output((seq_len if need_workspace else 0, batch, 5 * hidden_size), x.dtype, x.device)
     bias = combined_bias(b_ih, b_hh, 4 * hidden_size, w_hh)
     run_cpu_kernel(cpu_extension("lstm").lstm_forward, x, h0, c0, w_ih, w_hh, bias, lengths, reverse,
                    output, h_n, c_n, workspace)
@@ -101,7 +103,7 @@ def _triton():
 
 _lstm_op = define_ops(LSTM, {
     "numpy": lambda: (_numpy_forward, _numpy_backward),
-    "cython": lambda: (_cython_forward, _cython_backward),
+    "cython": lambda: (_cython_forward, _cython_backward, functools.partial(_cython_forward, need_workspace=False)),
     "triton": _triton,
 })
 
