@@ -5,7 +5,8 @@
 #   bash perf/gpu_session.sh setup   # install the package (builds the Cython extensions), GPU facts
 #   bash perf/gpu_session.sh tests   # pytest -m gpu, then the compile gate's op kernels on the device's Triton
 #   bash perf/gpu_session.sh conv    # perf/bench_conv.py --gpu (Triton conv2d vs cuDNN, fp32 and bf16,
-#                                    # NCHW and channels_last; the ResNet-18 training step)
+#                                    # NCHW and channels_last; the ResNet-18 training step), and
+#                                    # perf/bench_embedding.py --gpu with and without the pieces
 #   bash perf/gpu_session.sh rnn     # perf/bench_rnn.py --gpu (Triton recurrences vs cuDNN, full grid)
 #   bash perf/gpu_session.sh rnn-modes  # the gemm mode forced where the split one runs, and its
 #                                       # two-launches-a-step form (float32/bf16, B 64 and 256)
@@ -59,6 +60,10 @@ for step in "${@:-all}"; do
                 --json "$OUT/bench_conv_gpu.json" --plot "$OUT/bench_conv_gpu.png"
             GATEDRNN_TRITON_CONV_LAYOUT=nhwc stage bench_conv_gpu_nchw_copied "$PYTHON" \
                 perf/bench_conv.py --gpu --layout nchw --json "$OUT/bench_conv_gpu_nchw_copied.json"
+            # The embedding's backward with frequent rows cut into pieces, then without (PIECE
+            # off): uniform, Zipf, a character model's space and one row for every lookup.
+            stage bench_embedding_gpu "$PYTHON" perf/bench_embedding.py --gpu
+            stage bench_embedding_gpu_no_split "$PYTHON" perf/bench_embedding.py --gpu --no-split
             ;;&
         rnn|all)
             stage bench_rnn_gpu "$PYTHON" perf/bench_rnn.py --gpu --plot "$OUT/bench_rnn_gpu.png" \

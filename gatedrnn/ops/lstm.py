@@ -75,8 +75,9 @@ def _cython_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, need_wo
     # Inference (no backward follows) skips the workspace: 5 H values a row not written.
     workspace = new_output((seq_len if need_workspace else 0, batch, 5 * hidden_size), x.dtype, x.device)
     bias = combined_bias(b_ih, b_hh, 4 * hidden_size, w_hh)
+    # The forward runs every product on its register kernel, never BLAS.
     run_cpu_kernel(cpu_extension("lstm").lstm_forward, x, h0, c0, w_ih, w_hh, bias, lengths, reverse,
-                   output, h_n, c_n, workspace)
+                   output, h_n, c_n, workspace, calls_blas=False)
     return output, h_n, c_n, workspace
 
 
