@@ -104,8 +104,8 @@ cdef extern from *:
        base pointer and offsets GCC cannot prove the gate blocks disjoint and keeps a scalar
        fallback it then takes. */
     #define GR_DEFINE_CELLS(T, SFX)                                                          \\
-    __attribute__((noinline))                                                                \\
-    static void gr_cell_forward_impl_##SFX(int n,                                            \\
+    static inline __attribute__((always_inline)) void gr_cell_forward_body_##SFX(int n,      \\
+            const int store_ws,                                                              \\
             T* GR_RESTRICT wi, T* GR_RESTRICT wf, T* GR_RESTRICT wg, T* GR_RESTRICT wo,       \\
             T* GR_RESTRICT wc, const T* GR_RESTRICT xi, const T* GR_RESTRICT xf,             \\
             const T* GR_RESTRICT xg, const T* GR_RESTRICT xo,                                \\
@@ -121,30 +121,30 @@ cdef extern from *:
             T o = gr_sigmoid_##SFX(xo[j] + bo[j] + ro[j]);                                   \\
             T c_new = f * c[j] + i * g;                                                      \\
             T h = o * gr_tanh_##SFX(c_new);                                                  \\
-            wi[j] = i; wf[j] = f; wg[j] = g; wo[j] = o; wc[j] = c_new;                       \\
+            if (store_ws) {                                                                  \\
+                wi[j] = i; wf[j] = f; wg[j] = g; wo[j] = o; wc[j] = c_new;                   \\
+            }                                                                                \\
             c[j] = c_new; out[j] = h; h_next[j] = h;                                         \\
         }                                                                                    \\
+    }                                                                                        \\
+    __attribute__((noinline))                                                                \\
+    static void gr_cell_forward_impl_##SFX(int n,                                            \\
+            T* wi, T* wf, T* wg, T* wo, T* wc, const T* xi, const T* xf, const T* xg,         \\
+            const T* xo, const T* bi, const T* bf, const T* bg, const T* bo, const T* ri,     \\
+            const T* rf, const T* rg, const T* ro, T* c, T* out, T* h_next)                  \\
+    {                                                                                        \\
+        gr_cell_forward_body_##SFX(n, 1, wi, wf, wg, wo, wc, xi, xf, xg, xo, bi, bf, bg, bo, \\
+                                   ri, rf, rg, ro, c, out, h_next);                          \\
     }                                                                                        \\
     /* The same without the workspace, for a forward no backward follows (inference): it     \\
        saves writing 5 H values a row (65 MB a call at T=100, B=64, H=512). */                \\
     __attribute__((noinline))                                                                \\
-    static void gr_cell_infer_impl_##SFX(int n,                                              \\
-            const T* GR_RESTRICT xi, const T* GR_RESTRICT xf,                                \\
-            const T* GR_RESTRICT xg, const T* GR_RESTRICT xo,                                \\
-            const T* GR_RESTRICT bi, const T* GR_RESTRICT bf,                                \\
-            const T* GR_RESTRICT bg, const T* GR_RESTRICT bo, const T* GR_RESTRICT ri,       \\
-            const T* GR_RESTRICT rf, const T* GR_RESTRICT rg, const T* GR_RESTRICT ro,       \\
-            T* GR_RESTRICT c, T* GR_RESTRICT out, T* GR_RESTRICT h_next)                     \\
+    static void gr_cell_infer_impl_##SFX(int n, const T* xi, const T* xf, const T* xg,        \\
+            const T* xo, const T* bi, const T* bf, const T* bg, const T* bo, const T* ri,     \\
+            const T* rf, const T* rg, const T* ro, T* c, T* out, T* h_next)                  \\
     {                                                                                        \\
-        for (int j = 0; j < n; j++) {                                                        \\
-            T i = gr_sigmoid_##SFX(xi[j] + bi[j] + ri[j]);                                   \\
-            T f = gr_sigmoid_##SFX(xf[j] + bf[j] + rf[j]);                                   \\
-            T g = gr_tanh_##SFX(xg[j] + bg[j] + rg[j]);                                      \\
-            T o = gr_sigmoid_##SFX(xo[j] + bo[j] + ro[j]);                                   \\
-            T c_new = f * c[j] + i * g;                                                      \\
-            T h = o * gr_tanh_##SFX(c_new);                                                  \\
-            c[j] = c_new; out[j] = h; h_next[j] = h;                                         \\
-        }                                                                                    \\
+        gr_cell_forward_body_##SFX(n, 0, NULL, NULL, NULL, NULL, NULL, xi, xf, xg, xo, bi,   \\
+                                   bf, bg, bo, ri, rf, rg, ro, c, out, h_next);              \\
     }                                                                                        \\
     /* ws NULL: no workspace (inference). */                                                 \\
     static void gr_lstm_cell_forward_##SFX(int n, int H, T* ws, const T* xp, const T* bias,  \\
