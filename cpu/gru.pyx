@@ -29,7 +29,7 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 cimport openmp
 
-from _common cimport empty_scratch, gemm, omp_barrier
+from _common cimport gemm, omp_barrier
 from _recurrent cimport (_panel_width, _panel_size, _panel_gemm, _pack_panels, _unit_range,
                         _team_size, _time_index, _zero_if_empty)
 
@@ -612,8 +612,8 @@ def gru_backward(const floating[:, :, ::1] grad_output, const floating[:, ::1] g
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = h0.shape[1]
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[::1] gx = empty_scratch(max(T * B * 3 * H, 1), dtype)
-    cdef floating[::1] gh_time = empty_scratch(max(T * B * H, 1), dtype)
+    cdef floating[::1] gx = np.empty(max(T * B * 3 * H, 1), dtype=dtype)
+    cdef floating[::1] gh_time = np.empty(max(T * B * H, 1), dtype=dtype)
     cdef floating[::1] step_buf = np.empty(max(2 * B * 3 * H, 1), dtype=dtype)
     cdef floating[::1] drh = np.empty(max(B * H, 1), dtype=dtype)
     if T == 0 or B == 0:

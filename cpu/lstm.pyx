@@ -33,7 +33,7 @@ from libc.string cimport memset, memcpy
 
 import numpy as np
 
-from _common cimport empty_scratch, gemm, omp_barrier
+from _common cimport gemm, omp_barrier
 
 
 cdef extern from *:
@@ -835,7 +835,7 @@ def lstm_backward(const floating[:, :, ::1] grad_output, const floating[:, ::1] 
     cdef int max_length = max_length_of(lengths, T)
     cdef int failed = 0
     dtype = np.float32 if floating is float else np.float64
-    cdef floating[:, :, ::1] dgates = empty_scratch((T, B, 4 * H), dtype)
+    cdef floating[:, :, ::1] dgates = np.empty((T, B, 4 * H), dtype=dtype)
     # zeros: if every length is 0 the loop never runs and dgates_step[0] stays the (zero)
     # first-step gradient used for dW_hh's h0 term
     cdef floating[:, :, ::1] dgates_step = np.zeros((2, B, 4 * H), dtype=dtype)

@@ -1,7 +1,6 @@
 # cython: language_level=3
 """Memory advice for the large tensors the ops allocate on the CPU (outputs, workspaces,
-gradients), the Python face of ``_huge_pages.h``: the extensions advise their own scratch arrays
-(``_common.empty_scratch``), the ops layer advises the tensors it hands them."""
+gradients): the Python face of ``_huge_pages.h``, called by ``gatedrnn.ops._recurrence``."""
 
 cdef extern from "_huge_pages.h" nogil:
     size_t HUGE_PAGE_MIN_BYTES "GATEDRNN_HUGE_PAGE_MIN_BYTES"
@@ -13,5 +12,5 @@ MIN_BYTES = HUGE_PAGE_MIN_BYTES
 def advise_huge_pages_at(size_t address, size_t nbytes):
     """Ask for huge pages under the 2 MiB-aligned interior of [address, address + nbytes): call it
     on a buffer nothing has written yet. True when the advice was given (Linux, nbytes at least
-    MIN_BYTES, GATEDRNN_HUGE_PAGES not "0"); False where it does nothing."""
+    MIN_BYTES); False where it does nothing."""
     return advise_huge_pages(<void*> address, nbytes) != 0

@@ -80,30 +80,37 @@ def new_output(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -
     return tensor
 
 
+# Tensors of at least this size get the huge-page advice: glibc serves them from mmap whatever
+# its (moving) threshold, so they are always fresh memory; below it a block may come from the
+# heap, already touched, where the advice would only mark memory malloc hands out again later.
+HUGE_PAGE_MIN_BYTES = 32 << 20
+HUGE_PAGES_ENV = "GATEDRNN_HUGE_PAGES"
+
+
 @functools.lru_cache(maxsize=None)
 def _huge_page_advice():
-    """(advise(address, nbytes), smallest size advised) from ``gatedrnn._cpu.memory``, or None
-    when that extension is not built."""
+    """``advise(address, nbytes)`` from ``gatedrnn._cpu.memory``, or None when that extension is
+    not built."""
     try:
-        memory = importlib.import_module("gatedrnn._cpu.memory")
+        return importlib.import_module("gatedrnn._cpu.memory").advise_huge_pages_at
     except ImportError:
         return None
-    return memory.advise_huge_pages_at, memory.MIN_BYTES
 
 
 def advise_huge_pages(tensor: Tensor) -> Tensor:
     """``tensor`` (just allocated, not yet written), after asking Linux to back it with 2 MiB
-    pages when it is a CPU tensor of at least 4 MiB: malloc serves such blocks from fresh memory
-    (always from 32 MiB), which 4 KiB pages fault in one by one on first touch, 23 ms of a 170
-    ms LSTM forward at T=100, B=64, H=512 here (cpu/_huge_pages.h). ``GATEDRNN_HUGE_PAGES=0``
-    turns the advice off (read by the extension at each call). Does nothing elsewhere."""
+    pages when it is a CPU tensor of at least HUGE_PAGE_MIN_BYTES: fresh memory that 4 KiB pages
+    would fault in one by one on first touch, 23 ms of a 170 ms LSTM forward at T=100, B=64,
+    H=512 here (cpu/_huge_pages.h). ``GATEDRNN_HUGE_PAGES=0`` turns the advice off. Does nothing
+    elsewhere."""
     if tensor.device.type != "cpu" or type(tensor) is not Tensor:
         return tensor
-    advice = _huge_page_advice()
     nbytes = tensor.numel() * tensor.element_size()
-    if advice is None or nbytes < advice[1]:
+    if nbytes < HUGE_PAGE_MIN_BYTES or os.environ.get(HUGE_PAGES_ENV, "1") == "0":
         return tensor
-    advice[0](tensor.data_ptr(), nbytes)
+    advise = _huge_page_advice()
+    if advise is not None:
+        advise(tensor.data_ptr(), nbytes)
     return tensor
 
 
