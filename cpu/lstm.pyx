@@ -20,7 +20,8 @@ only called from inside the region, single-threaded (the caller limits OpenBLAS 
 The products with W (input projection, per-step recurrence, dX, and the backward step up to
 batch 32) use a register-blocked kernel on W packed once per call (``gr_matmul`` below): BLAS
 re-packs W on every call, which at one step's size costs as much as the product, and was
-slower than this kernel at every size measured here. The inner kernels (that product, the
+slower than this kernel at every size measured here. The weight gradients run on it too where
+I and H are whole 32-column blocks, both operands packed (``weight_grad_blocked``), else BLAS. The inner kernels (that product, the
 fused gate math, the per-step barrier) are C in the verbatim block below, with ``restrict``
 pointers and GCC vector extensions so that they vectorise: Cython cannot express either.
 float32 uses a vectorisable exp (Cephes polynomial, ~1 ulp); float64 uses libm.
@@ -207,12 +208,16 @@ cdef extern from *:
     #define GR_ROWS_KERNEL(T, SFX, R)                                                        \\
     static inline void gr_rows##R##_##SFX(int K, const T* GR_RESTRICT in, size_t ld_in,       \\
             size_t in_k_stride,                                                              \\
-            const T* GR_RESTRICT wb, size_t k_stride, T* GR_RESTRICT out, int ld_out)        \\
+            const T* GR_RESTRICT wb, size_t k_stride, T* GR_RESTRICT out, int ld_out,        \\
+            int accumulate)                                                                  \\
     {                                                                                        \\
         enum { VL = 64 / sizeof(T), NV = GR_BLOCK / (64 / sizeof(T)) };                      \\
         gr_vec_##SFX acc[R][NV];                                                             \\
         for (int r = 0; r < R; r++)                                                          \\
-            for (int v = 0; v < NV; v++) acc[r][v] = (gr_vec_##SFX){0};                      \\
+            for (int v = 0; v < NV; v++)                                                     \\
+                acc[r][v] = accumulate ? *(const gr_uvec_##SFX*)(out + (size_t)r * ld_out     \\
+                                                                 + v * VL)                   \\
+                                       : (gr_vec_##SFX){0};                                  \\
         for (int k = 0; k < K; k++) {                                                        \\
             const T* wk = wb + (size_t)k * k_stride;                                         \\
             gr_vec_##SFX wv[NV];                                                             \\
@@ -235,7 +240,7 @@ cdef extern from *:
     GR_ROWS_KERNEL(T, SFX, 4)                                                                \\
     static void gr_matmul_##SFX(int B, int K, int N, const T* GR_RESTRICT in, size_t ld_in,   \\
             size_t in_k_stride, const T* GR_RESTRICT w, size_t block_stride,                 \\
-            size_t k_stride, T* GR_RESTRICT out, int ld_out)                                 \\
+            size_t k_stride, T* GR_RESTRICT out, int ld_out, int accumulate)                 \\
     {                                                                                        \\
         enum { VL = 64 / sizeof(T), NV = GR_BLOCK / (64 / sizeof(T)) };                      \\
         for (int nb = 0; nb < N / GR_BLOCK; nb++) {                                          \\
@@ -244,10 +249,10 @@ cdef extern from *:
             int b = 0;                                                                       \\
             for (; b + 8 <= B; b += 8)                                                       \\
                 gr_rows8_##SFX(K, in + (size_t)b * ld_in, ld_in, in_k_stride, wb, k_stride,  \\
-                               ob + (size_t)b * ld_out, ld_out);                             \\
+                               ob + (size_t)b * ld_out, ld_out, accumulate);                 \\
             for (; b + 4 <= B; b += 4)                                                       \\
                 gr_rows4_##SFX(K, in + (size_t)b * ld_in, ld_in, in_k_stride, wb, k_stride,  \\
-                               ob + (size_t)b * ld_out, ld_out);                             \\
+                               ob + (size_t)b * ld_out, ld_out, accumulate);                 \\
             for (; b < B; b++) {                                                             \\
                 /* one row: 4 partial sums over k break the FMA latency chain */             \\
                 gr_vec_##SFX a[4][NV];                                                       \\
@@ -269,8 +274,11 @@ cdef extern from *:
                         a[0][v] += *(const gr_uvec_##SFX*)(wk + v * VL) * s;                 \\
                 }                                                                            \\
                 T* o0 = ob + (size_t)b * ld_out;                                             \\
-                for (int v = 0; v < NV; v++)                                                 \\
-                    *(gr_uvec_##SFX*)(o0 + v * VL) = (a[0][v] + a[1][v]) + (a[2][v] + a[3][v]); \\
+                for (int v = 0; v < NV; v++) {                                               \\
+                    gr_vec_##SFX sum = (a[0][v] + a[1][v]) + (a[2][v] + a[3][v]);            \\
+                    if (accumulate) sum += *(const gr_uvec_##SFX*)(o0 + v * VL);             \\
+                    *(gr_uvec_##SFX*)(o0 + v * VL) = sum;                                    \\
+                }                                                                            \\
             }                                                                                \\
         }                                                                                    \\
     }
@@ -278,11 +286,13 @@ cdef extern from *:
     #define GR_DEFINE_MATMUL(T, SFX)                                                         \\
     static void gr_matmul_##SFX(int B, int K, int N, const T* GR_RESTRICT in, size_t ld_in,   \\
             size_t in_k_stride, const T* GR_RESTRICT w, size_t block_stride,                 \\
-            size_t k_stride, T* GR_RESTRICT out, int ld_out)                                 \\
+            size_t k_stride, T* GR_RESTRICT out, int ld_out, int accumulate)                 \\
     {                                                                                        \\
         for (int b = 0; b < B; b++)                                                          \\
             for (int nb = 0; nb < N / GR_BLOCK; nb++) {                                      \\
                 T acc[GR_BLOCK] = {0};                                                       \\
+                if (accumulate)                                                              \\
+                    memcpy(acc, out + (size_t)b * ld_out + nb * GR_BLOCK, sizeof acc);       \\
                 const T* wb = w + (size_t)nb * block_stride;                                 \\
                 for (int k = 0; k < K; k++) {                                                \\
                     T s = in[(size_t)b * ld_in + k * in_k_stride];                           \\
@@ -410,10 +420,10 @@ cdef extern from *:
                                    double* dgates, double* dgates_step) nogil
     void gr_matmul_f32(int B, int K, int N, const float* inp, size_t ld_in, size_t in_k_stride,
                        const float* w, size_t block_stride, size_t k_stride, float* out,
-                       int ld_out) nogil
+                       int ld_out, int accumulate) nogil
     void gr_matmul_f64(int B, int K, int N, const double* inp, size_t ld_in,
                        size_t in_k_stride, const double* w, size_t block_stride,
-                       size_t k_stride, double* out, int ld_out) nogil
+                       size_t k_stride, double* out, int ld_out, int accumulate) nogil
     ctypedef struct gr_barrier_t:
         int count
         int generation
@@ -425,6 +435,18 @@ cdef extern from *:
 # every batch tried (1 to 64), so by default it is always used; the BLAS path stays reachable
 # through _set_small_batch_max for tests and benchmarks.
 cdef int small_batch_max = 1 << 30
+
+
+# The backward's weight gradients on the register kernel (weight_grad_blocked) where they can;
+# tests and benchmarks can send them to BLAS instead.
+cdef bint blocked_weight_grads = True
+
+
+def _set_blocked_weight_grads(bint enabled):
+    """Compute the backward's weight gradients with weight_grad_blocked (True, the default)
+    where the columns allow, or always with BLAS (False)."""
+    global blocked_weight_grads
+    blocked_weight_grads = enabled
 
 
 def _set_small_batch_max(int value):
@@ -451,13 +473,62 @@ cdef inline int slice_start(int part, int parts, int size) noexcept nogil:
 cdef inline void matmul_blocked(int B, int K, int N, const floating* inp, int ld_in,
                                 const floating* w, size_t block_stride, size_t k_stride,
                                 floating* out, int ld_out,
-                                size_t in_k_stride=1) noexcept nogil:
-    """out (B x N) = inp (B x K; element (b, k) at inp[b * ld_in + k * in_k_stride]) @ W, W in
-    gr_matmul's block layout (see the C block); N a multiple of GR_BLOCK."""
+                                size_t in_k_stride=1, bint accumulate=False) noexcept nogil:
+    """out (B x N) = inp (B x K; element (b, k) at inp[b * ld_in + k * in_k_stride]) @ W (out +=
+    with ``accumulate``), W in gr_matmul's block layout (see the C block); N a multiple of
+    GR_BLOCK."""
     if floating is float:
-        gr_matmul_f32(B, K, N, inp, ld_in, in_k_stride, w, block_stride, k_stride, out, ld_out)
+        gr_matmul_f32(B, K, N, inp, ld_in, in_k_stride, w, block_stride, k_stride, out, ld_out,
+                      accumulate)
     else:
-        gr_matmul_f64(B, K, N, inp, ld_in, in_k_stride, w, block_stride, k_stride, out, ld_out)
+        gr_matmul_f64(B, K, N, inp, ld_in, in_k_stride, w, block_stride, k_stride, out, ld_out,
+                      accumulate)
+
+
+# Reduction steps a packed block of the weight gradient covers: the 8-row panel of dG^T
+# (8 x 256 floats, 8 KB) and the 32-column block of X the kernel streams against it (32 KB)
+# stay in L1/L2 while a block's products run; the block's X rows (256 x N) are re-read from L2
+# once per panel.
+cdef enum:
+    GRAD_K_BLOCK = 256
+
+
+cdef inline void weight_grad_blocked(int M, int N, int K, const floating* dgates, int ld_gates,
+                                     const floating* rows, int ld_rows, floating* grad,
+                                     floating* panels) noexcept nogil:
+    """grad (M x N, row-major, ld N) = dgates^T rows: dgates (K x M, row stride ld_gates), rows
+    (K x N, row stride ld_rows, N a multiple of GR_BLOCK). In blocks of GRAD_K_BLOCK reduction
+    steps, both operands packed (BLAS's scheme, on our register kernel): the block's dgates
+    columns into 8-row panels (panel p, step k, row i at panels[p * 8 * GRAD_K_BLOCK + k * 8 +
+    i]), so the kernel reads its 8 rows' values for a step from one 32-byte run instead of 8
+    values 4H apart; and each 32-column block of ``rows`` into GRAD_K_BLOCK x 32 contiguous
+    values (32 KB) that stay in L1 while every panel streams past them (read in place, rows a
+    power-of-two stride apart fell into a few L1 sets and came from L2). The first block writes
+    grad, the others add to it. panels: ceil(M / 8) * 8 * GRAD_K_BLOCK + GRAD_K_BLOCK * 32
+    values."""
+    cdef int k0, kc, k, p, i, r, c, n_panels = (M + 7) // 8
+    cdef floating* panel
+    cdef floating* column_block = panels + <size_t> n_panels * 8 * GRAD_K_BLOCK
+    cdef const floating* source
+    k0 = 0
+    while k0 < K:
+        kc = min(GRAD_K_BLOCK, K - k0)
+        for p in range(n_panels):
+            panel = panels + <size_t> p * 8 * GRAD_K_BLOCK
+            for k in range(kc):
+                source = dgates + <size_t> (k0 + k) * ld_gates + 8 * p
+                for i in range(8):
+                    r = 8 * p + i
+                    panel[k * 8 + i] = source[i] if r < M else 0
+        for c in range(0, N, GR_BLOCK):
+            for k in range(kc):
+                memcpy(column_block + k * GR_BLOCK, rows + <size_t> (k0 + k) * ld_rows + c,
+                       GR_BLOCK * sizeof(floating))
+            for p in range(n_panels):
+                matmul_blocked(min(8, M - 8 * p), kc, GR_BLOCK,
+                               panels + <size_t> p * 8 * GRAD_K_BLOCK, 1, column_block,
+                               GR_BLOCK, GR_BLOCK, grad + <size_t> 8 * p * N + c, N, 8, k0 > 0)
+        k0 += kc
 
 
 cdef inline void matmul_blocked_tall(int M, int K, int N, const floating* inp, int ld_in,
@@ -652,15 +723,26 @@ cdef int lstm_backward_worker(
     cdef const floating* c_prev
     cdef const floating* dh_next
     cdef size_t n_rows = <size_t> T * B
+    # The weight gradients on the register kernel (weight_grad_blocked) where the product's
+    # columns are whole 32-column blocks; its packed panels of this thread's dG columns.
+    cdef int own_rows = slice_start(tid + 1, n_threads, G) - slice_start(tid, n_threads, G)
+    cdef floating* grad_panels = NULL
+    cdef bint blocked_grads = (blocked_weight_grads and own_rows > 0
+                               and (I % GR_BLOCK == 0 or H % GR_BLOCK == 0))
 
     if use_blocked and not in_place:
         w_packed = <floating*> gr_alloc(<size_t> G * n_cols * sizeof(floating))
-    if dh_rec == NULL or (use_blocked and not in_place and w_packed == NULL):
+    if blocked_grads:
+        grad_panels = <floating*> gr_alloc(<size_t> ((own_rows + 7) // 8 * 8 + GR_BLOCK)
+                                           * GRAD_K_BLOCK * sizeof(floating))
+    if (dh_rec == NULL or (use_blocked and not in_place and w_packed == NULL)
+            or (blocked_grads and grad_panels == NULL)):
         failed[0] = 1
     omp_barrier()
     if failed[0]:
         gr_free(w_packed)
         gr_free(dh_rec)
+        gr_free(grad_panels)
         return -1
 
     if use_blocked and not in_place:
@@ -731,21 +813,33 @@ cdef int lstm_backward_worker(
                    nu * sizeof(floating))
     omp_barrier()  # dgates complete (every step, every unit) before the weight gradients
 
-    # Weight gradients as GEMMs over all T * B rows (BLAS: its packing pays off at these
-    # sizes, where our kernel would read dG^T with a 4H stride), rows of 4H split across
-    # threads. dX uses the blocked kernel on W_ih in place when I is whole 32-column blocks.
+    # Weight gradients as products over all T * B rows, rows of 4H split across threads: on
+    # the register kernel with both operands packed (weight_grad_blocked) where the columns
+    # (I, H) are whole 32-column blocks, else BLAS. The backward alone, alternated with BLAS,
+    # medians of 31-61: T=100, B=16, H=256 19.2 vs 20.0 ms, B=64, H=512 327 vs 339 ms (the
+    # unpacked form, dG read in place, had been slower than BLAS at B=64). dX uses the blocked
+    # kernel on W_ih in place when I is whole 32-column blocks.
     r0 = slice_start(tid, n_threads, G)
     r1 = slice_start(tid + 1, n_threads, G)
     if r1 > r0:
         # dW_ih = dG^T X
-        gemm(True, False, r1 - r0, I, <int> n_rows, <floating> 1, dgates + r0, G, x, I,
-             <floating> 0, grad_w_ih + <size_t> r0 * I, I)
+        if grad_panels != NULL and I % GR_BLOCK == 0:
+            weight_grad_blocked(r1 - r0, I, <int> n_rows, dgates + r0, G, x, I,
+                                grad_w_ih + <size_t> r0 * I, grad_panels)
+        else:
+            gemm(True, False, r1 - r0, I, <int> n_rows, <floating> 1, dgates + r0, G, x, I,
+                 <floating> 0, grad_w_ih + <size_t> r0 * I, I)
         # dW_hh = dG^T H_prev. Steps after a sequence's first have h_prev = the output at the
         # previous time index, t - 1 (forward) or t + 1 (reverse); where that index is past the
         # length the output is zero, so one shifted whole-array product is exact. The first
         # step of each sequence has h_prev = h0: its gate rows are dgates_step[0] (zero rows for
         # empty sequences), added after.
-        if T > 1:
+        if T > 1 and grad_panels != NULL and H % GR_BLOCK == 0:
+            weight_grad_blocked(r1 - r0, H, (T - 1) * B,
+                                dgates + (0 if reverse else <size_t> B * G) + r0, G,
+                                output + (<size_t> B * H if reverse else 0), H,
+                                grad_w_hh + <size_t> r0 * H, grad_panels)
+        elif T > 1:
             gemm(True, False, r1 - r0, H, (T - 1) * B, <floating> 1,
                  dgates + (0 if reverse else <size_t> B * G) + r0, G,
                  output + (<size_t> B * H if reverse else 0), H, <floating> 0,
@@ -770,6 +864,7 @@ cdef int lstm_backward_worker(
                  I, <floating> 0, grad_x + <size_t> m0 * I, I)
     gr_free(w_packed)
     gr_free(dh_rec)
+    gr_free(grad_panels)
     return 0
 
 
