@@ -30,6 +30,7 @@ from libc.string cimport memcpy, memset
 cimport openmp
 
 from _common cimport gemm, omp_barrier
+from _register_gemm cimport GRAD_K_BLOCK, GR_BLOCK, weight_grad_blocked
 from _recurrent cimport (_panel_width, _panel_size, _panel_gemm, _pack_panels, _unit_range,
                         _team_size, _time_index, _zero_if_empty)
 
@@ -419,6 +420,15 @@ def gru_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
 # ---------------------------------------------------------------------------------------------
 # Backward.
 
+cdef bint blocked_weight_grads = True  # weight gradients on the register kernel where they can
+
+
+def _set_blocked_weight_grads(bint enabled):
+    """True (the default): weight gradients by weight_grad_blocked where I or H allow; False: BLAS."""
+    global blocked_weight_grads
+    blocked_weight_grads = enabled
+
+
 cdef void _backward_thread(
         int tid, int nthreads, bint reset_after, bint reverse,
         Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -456,6 +466,7 @@ cdef void _backward_thread(
     cdef floating* dw
     cdef Py_ssize_t first, ld_gate
     cdef size_t unit_bytes
+    cdef floating* grad_panels = NULL
 
     _unit_range(H, tid, nthreads, &j0, &j1)
     hs = j1 - j0
@@ -467,6 +478,13 @@ cdef void _backward_thread(
     w_mine = <floating*> malloc((n_size + _panel_size(3 * H - (0 if reset_after else H), hs, nr)
                                  + 1) * sizeof(floating))
     w_mine_rz = w_mine + n_size
+    # Weight gradients on the register kernel with packed operands where the columns (I, H)
+    # are whole 32-column blocks (see cpu/lstm.pyx), else BLAS.
+    if blocked_weight_grads and hs > 0 and (I % GR_BLOCK == 0 or H % GR_BLOCK == 0):
+        grad_panels = <floating*> malloc(((hs + 7) // 8 * 8 + GR_BLOCK) * GRAD_K_BLOCK
+                                         * sizeof(floating))
+        if grad_panels == NULL:
+            failed[0] = 1
     if w_mine == NULL:
         failed[0] = 1
     elif reset_after:
@@ -483,6 +501,7 @@ cdef void _backward_thread(
     omp_barrier()
     if failed[0]:
         free(w_mine)
+        free(grad_panels)
         return
 
     for s in range(T - 1, -1, -1):
@@ -549,8 +568,12 @@ cdef void _backward_thread(
     # Weight and bias gradients of this thread's rows, as GEMMs over all steps. They read only
     # this thread's columns of gx / gh_time / step_buf, so no barrier is needed before them.
     for g in range(3):
-        gemm(True, False, hs, I, TB, <floating> 1, gx + g * H + j0, H3, x, I, <floating> 0,
-             grad_w_ih + (g * H + j0) * I, I)
+        if grad_panels != NULL and I % GR_BLOCK == 0:
+            weight_grad_blocked(<int> hs, <int> I, <int> TB, gx + g * H + j0, <int> H3, x, <int> I,
+                                grad_w_ih + (g * H + j0) * I, grad_panels)
+        else:
+            gemm(True, False, hs, I, TB, <floating> 1, gx + g * H + j0, H3, x, I, <floating> 0,
+                 grad_w_ih + (g * H + j0) * I, I)
     # dW_hh = sum_t dG_h[t]^T h_prev[t]. h_prev[t] is output[t -/+ 1] except at each sequence's
     # first step, where it is h0: output is zero past each length, so one shifted GEMM over
     # output plus step 0's gate grads (still in step_buf[0]) times h0 covers every case.
@@ -565,8 +588,12 @@ cdef void _backward_thread(
         dw = grad_w_hh + (g * H + j0) * H
         if g == 2 and not reset_after:
             # reset_before: the n rows multiply r * h_prev (kept by time in gh_time)
-            gemm(True, False, hs, H, TB, <floating> 1, gx + 2 * H + j0, H3, gh_time, H,
-                 <floating> 0, dw, H)
+            if grad_panels != NULL and H % GR_BLOCK == 0:
+                weight_grad_blocked(<int> hs, <int> H, <int> TB, gx + 2 * H + j0, <int> H3, gh_time,
+                                    <int> H, dw, grad_panels)
+            else:
+                gemm(True, False, hs, H, TB, <floating> 1, gx + 2 * H + j0, H3, gh_time, H,
+                     <floating> 0, dw, H)
             continue
         if g == 2:
             # reset_after: the hidden-side grad of the n rows is dn * r
@@ -576,11 +603,16 @@ cdef void _backward_thread(
             gate_grad = gx + first * H3 + g * H + j0
             ld_gate = H3
         _zero_if_empty(T - 1, hs, H, dw)
-        gemm(True, False, hs, H, (T - 1) * B, <floating> 1, gate_grad, ld_gate, h_shifted, H,
-             <floating> 0, dw, H)
+        if grad_panels != NULL and H % GR_BLOCK == 0:
+            weight_grad_blocked(<int> hs, <int> H, <int> ((T - 1) * B), gate_grad, <int> ld_gate,
+                                h_shifted, <int> H, dw, grad_panels)
+        else:
+            gemm(True, False, hs, H, (T - 1) * B, <floating> 1, gate_grad, ld_gate, h_shifted, H,
+                 <floating> 0, dw, H)
         gemm(True, False, hs, H, B, <floating> 1, st + g * H + j0, H3, h0, H, <floating> 1,
              dw, H)
 
+    free(grad_panels)
     # db_hh equals db_ih except on the n rows for reset_after (summed apart: dn * r)
     memcpy(grad_b_hh + j0, grad_b_ih + j0, unit_bytes)
     memcpy(grad_b_hh + H + j0, grad_b_ih + H + j0, unit_bytes)

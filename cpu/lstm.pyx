@@ -35,6 +35,8 @@ from libc.string cimport memset, memcpy
 import numpy as np
 
 from _common cimport gemm, omp_barrier
+from _register_gemm cimport (GR_BLOCK, GRAD_K_BLOCK, matmul_blocked, matmul_blocked_tall,
+                             weight_grad_blocked)
 
 
 cdef extern from *:
@@ -44,17 +46,7 @@ cdef extern from *:
     #include <string.h>
     #include <sched.h>
     #include "_huge_pages.h"
-
-    #if defined(__GNUC__) || defined(__clang__)
-    #define GR_RESTRICT __restrict__
-    #define GR_VECTOR_EXT 1
-    #elif defined(_MSC_VER)
-    #define GR_RESTRICT __restrict
-    #define GR_VECTOR_EXT 0
-    #else
-    #define GR_RESTRICT
-    #define GR_VECTOR_EXT 0
-    #endif
+    #include "_register_gemm.h"
 
     /* exp for float32, vectorisable (no libm call): Cephes expf. x = n ln2 + r, |r| <= ln2/2,
        exp(r) by a degree-7 polynomial, 2^n built in the exponent bits. The clamp keeps 2^n a
@@ -197,113 +189,6 @@ cdef extern from *:
     GR_DEFINE_CELLS(float, f32)
     GR_DEFINE_CELLS(double, f64)
 
-    /* out (B x N) = in (B x K, row stride ld_in) @ W (K x N), N a multiple of 32, with element
-       (k, c) of W at w[(c / 32) * block_stride + k * k_stride + c % 32]: either packed in
-       column blocks of 32 (block_stride = 32 K, k_stride = 32) or a row-major matrix used in
-       place (block_stride = 32, k_stride = its row stride). Register-blocked: 8 (then 4, then 1)
-       batch rows x 32 columns of accumulators, so W streams once per 8 batch rows from the
-       thread's L2 and is never re-packed (BLAS would re-pack it on every call). */
-    #define GR_BLOCK 32
-    #if GR_VECTOR_EXT
-    #define GR_ROWS_KERNEL(T, SFX, R)                                                        \\
-    static inline void gr_rows##R##_##SFX(int K, const T* GR_RESTRICT in, size_t ld_in,       \\
-            size_t in_k_stride,                                                              \\
-            const T* GR_RESTRICT wb, size_t k_stride, T* GR_RESTRICT out, int ld_out,        \\
-            int accumulate)                                                                  \\
-    {                                                                                        \\
-        enum { VL = 64 / sizeof(T), NV = GR_BLOCK / (64 / sizeof(T)) };                      \\
-        gr_vec_##SFX acc[R][NV];                                                             \\
-        for (int r = 0; r < R; r++)                                                          \\
-            for (int v = 0; v < NV; v++)                                                     \\
-                acc[r][v] = accumulate ? *(const gr_uvec_##SFX*)(out + (size_t)r * ld_out     \\
-                                                                 + v * VL)                   \\
-                                       : (gr_vec_##SFX){0};                                  \\
-        for (int k = 0; k < K; k++) {                                                        \\
-            const T* wk = wb + (size_t)k * k_stride;                                         \\
-            gr_vec_##SFX wv[NV];                                                             \\
-            for (int v = 0; v < NV; v++) wv[v] = *(const gr_uvec_##SFX*)(wk + v * VL);       \\
-            for (int r = 0; r < R; r++) {                                                    \\
-                T s = in[r * ld_in + k * in_k_stride];                                       \\
-                for (int v = 0; v < NV; v++) acc[r][v] += wv[v] * s;                         \\
-            }                                                                                \\
-        }                                                                                    \\
-        for (int r = 0; r < R; r++)                                                          \\
-            for (int v = 0; v < NV; v++)                                                     \\
-                *(gr_uvec_##SFX*)(out + (size_t)r * ld_out + v * VL) = acc[r][v];            \\
-    }
-    typedef float gr_vec_f32 __attribute__((vector_size(64)));
-    typedef float gr_uvec_f32 __attribute__((vector_size(64), aligned(4)));
-    typedef double gr_vec_f64 __attribute__((vector_size(64)));
-    typedef double gr_uvec_f64 __attribute__((vector_size(64), aligned(8)));
-    #define GR_DEFINE_MATMUL(T, SFX)                                                         \\
-    GR_ROWS_KERNEL(T, SFX, 8)                                                                \\
-    GR_ROWS_KERNEL(T, SFX, 4)                                                                \\
-    static void gr_matmul_##SFX(int B, int K, int N, const T* GR_RESTRICT in, size_t ld_in,   \\
-            size_t in_k_stride, const T* GR_RESTRICT w, size_t block_stride,                 \\
-            size_t k_stride, T* GR_RESTRICT out, int ld_out, int accumulate)                 \\
-    {                                                                                        \\
-        enum { VL = 64 / sizeof(T), NV = GR_BLOCK / (64 / sizeof(T)) };                      \\
-        for (int nb = 0; nb < N / GR_BLOCK; nb++) {                                          \\
-            const T* wb = w + (size_t)nb * block_stride;                                     \\
-            T* ob = out + nb * GR_BLOCK;                                                     \\
-            int b = 0;                                                                       \\
-            for (; b + 8 <= B; b += 8)                                                       \\
-                gr_rows8_##SFX(K, in + (size_t)b * ld_in, ld_in, in_k_stride, wb, k_stride,  \\
-                               ob + (size_t)b * ld_out, ld_out, accumulate);                 \\
-            for (; b + 4 <= B; b += 4)                                                       \\
-                gr_rows4_##SFX(K, in + (size_t)b * ld_in, ld_in, in_k_stride, wb, k_stride,  \\
-                               ob + (size_t)b * ld_out, ld_out, accumulate);                 \\
-            for (; b < B; b++) {                                                             \\
-                /* one row: 4 partial sums over k break the FMA latency chain */             \\
-                gr_vec_##SFX a[4][NV];                                                       \\
-                const T* x0 = in + (size_t)b * ld_in;                                        \\
-                for (int u = 0; u < 4; u++)                                                  \\
-                    for (int v = 0; v < NV; v++) a[u][v] = (gr_vec_##SFX){0};                \\
-                int k = 0;                                                                   \\
-                for (; k + 4 <= K; k += 4)                                                   \\
-                    for (int u = 0; u < 4; u++) {                                            \\
-                        const T* wk = wb + (size_t)(k + u) * k_stride;                       \\
-                        T s = x0[(k + u) * in_k_stride];                                     \\
-                        for (int v = 0; v < NV; v++)                                         \\
-                            a[u][v] += *(const gr_uvec_##SFX*)(wk + v * VL) * s;             \\
-                    }                                                                        \\
-                for (; k < K; k++) {                                                         \\
-                    const T* wk = wb + (size_t)k * k_stride;                                 \\
-                    T s = x0[k * in_k_stride];                                               \\
-                    for (int v = 0; v < NV; v++)                                             \\
-                        a[0][v] += *(const gr_uvec_##SFX*)(wk + v * VL) * s;                 \\
-                }                                                                            \\
-                T* o0 = ob + (size_t)b * ld_out;                                             \\
-                for (int v = 0; v < NV; v++) {                                               \\
-                    gr_vec_##SFX sum = (a[0][v] + a[1][v]) + (a[2][v] + a[3][v]);            \\
-                    if (accumulate) sum += *(const gr_uvec_##SFX*)(o0 + v * VL);             \\
-                    *(gr_uvec_##SFX*)(o0 + v * VL) = sum;                                    \\
-                }                                                                            \\
-            }                                                                                \\
-        }                                                                                    \\
-    }
-    #else
-    #define GR_DEFINE_MATMUL(T, SFX)                                                         \\
-    static void gr_matmul_##SFX(int B, int K, int N, const T* GR_RESTRICT in, size_t ld_in,   \\
-            size_t in_k_stride, const T* GR_RESTRICT w, size_t block_stride,                 \\
-            size_t k_stride, T* GR_RESTRICT out, int ld_out, int accumulate)                 \\
-    {                                                                                        \\
-        for (int b = 0; b < B; b++)                                                          \\
-            for (int nb = 0; nb < N / GR_BLOCK; nb++) {                                      \\
-                T acc[GR_BLOCK] = {0};                                                       \\
-                if (accumulate)                                                              \\
-                    memcpy(acc, out + (size_t)b * ld_out + nb * GR_BLOCK, sizeof acc);       \\
-                const T* wb = w + (size_t)nb * block_stride;                                 \\
-                for (int k = 0; k < K; k++) {                                                \\
-                    T s = in[(size_t)b * ld_in + k * in_k_stride];                           \\
-                    for (int l = 0; l < GR_BLOCK; l++) acc[l] += wb[(size_t)k * k_stride + l] * s; \\
-                }                                                                            \\
-                memcpy(out + (size_t)b * ld_out + nb * GR_BLOCK, acc, sizeof acc);           \\
-            }                                                                                \\
-    }
-    #endif
-    GR_DEFINE_MATMUL(float, f32)
-    GR_DEFINE_MATMUL(double, f64)
 
     /* A spinning barrier for the per-step synchronisation (cheaper than libgomp's, which
        matters at 100s of steps of a few microseconds). count and generation live on separate
@@ -401,7 +286,6 @@ cdef extern from *:
     #endif
     }
     """
-    int GR_BLOCK
     bint GR_HAVE_TILE_TRANSPOSE
     void gr_transpose16_f32(const float* const* src, float* dst, size_t dst_stride) nogil
     void* gr_alloc(size_t bytes) nogil
@@ -418,12 +302,6 @@ cdef extern from *:
     void gr_lstm_cell_backward_f64(int n, int H, const double* ws, const double* c_prev,
                                    const double* grad_out, const double* dh_next, double* dc,
                                    double* dgates, double* dgates_step) nogil
-    void gr_matmul_f32(int B, int K, int N, const float* inp, size_t ld_in, size_t in_k_stride,
-                       const float* w, size_t block_stride, size_t k_stride, float* out,
-                       int ld_out, int accumulate) nogil
-    void gr_matmul_f64(int B, int K, int N, const double* inp, size_t ld_in,
-                       size_t in_k_stride, const double* w, size_t block_stride,
-                       size_t k_stride, double* out, int ld_out, int accumulate) nogil
     ctypedef struct gr_barrier_t:
         int count
         int generation
@@ -437,14 +315,11 @@ cdef extern from *:
 cdef int small_batch_max = 1 << 30
 
 
-# The backward's weight gradients on the register kernel (weight_grad_blocked) where they can;
-# tests and benchmarks can send them to BLAS instead.
-cdef bint blocked_weight_grads = True
+cdef bint blocked_weight_grads = True  # weight gradients on the register kernel where they can
 
 
 def _set_blocked_weight_grads(bint enabled):
-    """Compute the backward's weight gradients with weight_grad_blocked (True, the default)
-    where the columns allow, or always with BLAS (False)."""
+    """True (the default): weight gradients by weight_grad_blocked where I or H allow; False: BLAS."""
     global blocked_weight_grads
     blocked_weight_grads = enabled
 
@@ -468,83 +343,6 @@ cdef inline int slice_start(int part, int parts, int size) noexcept nogil:
         return size
     start = ((part * size) // parts + 8) // 16 * 16
     return start if start < size else size
-
-
-cdef inline void matmul_blocked(int B, int K, int N, const floating* inp, int ld_in,
-                                const floating* w, size_t block_stride, size_t k_stride,
-                                floating* out, int ld_out,
-                                size_t in_k_stride=1, bint accumulate=False) noexcept nogil:
-    """out (B x N) = inp (B x K; element (b, k) at inp[b * ld_in + k * in_k_stride]) @ W (out +=
-    with ``accumulate``), W in gr_matmul's block layout (see the C block); N a multiple of
-    GR_BLOCK."""
-    if floating is float:
-        gr_matmul_f32(B, K, N, inp, ld_in, in_k_stride, w, block_stride, k_stride, out, ld_out,
-                      accumulate)
-    else:
-        gr_matmul_f64(B, K, N, inp, ld_in, in_k_stride, w, block_stride, k_stride, out, ld_out,
-                      accumulate)
-
-
-# Reduction steps a packed block of the weight gradient covers: the 8-row panel of dG^T
-# (8 x 256 floats, 8 KB) and the 32-column block of X the kernel streams against it (32 KB)
-# stay in L1/L2 while a block's products run; the block's X rows (256 x N) are re-read from L2
-# once per panel.
-cdef enum:
-    GRAD_K_BLOCK = 256
-
-
-cdef inline void weight_grad_blocked(int M, int N, int K, const floating* dgates, int ld_gates,
-                                     const floating* rows, int ld_rows, floating* grad,
-                                     floating* panels) noexcept nogil:
-    """grad (M x N, row-major, ld N) = dgates^T rows: dgates (K x M, row stride ld_gates), rows
-    (K x N, row stride ld_rows, N a multiple of GR_BLOCK). In blocks of GRAD_K_BLOCK reduction
-    steps, both operands packed (BLAS's scheme, on our register kernel): the block's dgates
-    columns into 8-row panels (panel p, step k, row i at panels[p * 8 * GRAD_K_BLOCK + k * 8 +
-    i]), so the kernel reads its 8 rows' values for a step from one 32-byte run instead of 8
-    values 4H apart; and each 32-column block of ``rows`` into GRAD_K_BLOCK x 32 contiguous
-    values (32 KB) that stay in L1 while every panel streams past them (read in place, rows a
-    power-of-two stride apart fell into a few L1 sets and came from L2). The first block writes
-    grad, the others add to it. panels: ceil(M / 8) * 8 * GRAD_K_BLOCK + GRAD_K_BLOCK * 32
-    values."""
-    cdef int k0, kc, k, p, i, r, c, n_panels = (M + 7) // 8
-    cdef floating* panel
-    cdef floating* column_block = panels + <size_t> n_panels * 8 * GRAD_K_BLOCK
-    cdef const floating* source
-    k0 = 0
-    while k0 < K:
-        kc = min(GRAD_K_BLOCK, K - k0)
-        for p in range(n_panels):
-            panel = panels + <size_t> p * 8 * GRAD_K_BLOCK
-            for k in range(kc):
-                source = dgates + <size_t> (k0 + k) * ld_gates + 8 * p
-                for i in range(8):
-                    r = 8 * p + i
-                    panel[k * 8 + i] = source[i] if r < M else 0
-        for c in range(0, N, GR_BLOCK):
-            for k in range(kc):
-                memcpy(column_block + k * GR_BLOCK, rows + <size_t> (k0 + k) * ld_rows + c,
-                       GR_BLOCK * sizeof(floating))
-            for p in range(n_panels):
-                matmul_blocked(min(8, M - 8 * p), kc, GR_BLOCK,
-                               panels + <size_t> p * 8 * GRAD_K_BLOCK, 1, column_block,
-                               GR_BLOCK, GR_BLOCK, grad + <size_t> 8 * p * N + c, N, 8, k0 > 0)
-        k0 += kc
-
-
-cdef inline void matmul_blocked_tall(int M, int K, int N, const floating* inp, int ld_in,
-                                     const floating* w, size_t block_stride, size_t k_stride,
-                                     floating* out, int ld_out) noexcept nogil:
-    """matmul_blocked for many rows (the input projection, dX): in chunks of rows that fit in
-    half of L2, so each chunk is read from memory once and W streams once per chunk, instead
-    of all M rows being re-read for every 32-column block of W."""
-    cdef int chunk = (1 << 19) // (K * <int> sizeof(floating)) // 8 * 8
-    cdef int m0 = 0
-    if chunk < 8:
-        chunk = 8
-    while m0 < M:
-        matmul_blocked(min(chunk, M - m0), K, N, inp + <size_t> m0 * ld_in, ld_in, w,
-                       block_stride, k_stride, out + <size_t> m0 * ld_out, ld_out)
-        m0 += chunk
 
 
 cdef inline void pack_blocked(int K, int n_cols, floating* packed, const floating* rows,

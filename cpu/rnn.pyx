@@ -20,6 +20,7 @@ from libc.string cimport memcpy, memset
 cimport openmp
 
 from _common cimport gemm, omp_barrier
+from _register_gemm cimport GRAD_K_BLOCK, GR_BLOCK, weight_grad_blocked
 from _recurrent cimport (_panel_width, _panel_size, _panel_gemm, _pack_panels, _unit_range,
                         _team_size, _time_index, _zero_if_empty)
 
@@ -134,6 +135,13 @@ cdef void _forward_thread(
     # This thread's rows of W_hh as W_rows^T (H x hs) in panels (allocated and written here,
     # so they live in this core's cache)
     w_mine = <floating*> malloc((_panel_size(H, hs, nr) + 1) * sizeof(floating))
+    # Weight gradients on the register kernel with packed operands where the columns (I, H)
+    # are whole 32-column blocks (see cpu/lstm.pyx), else BLAS.
+    if blocked_weight_grads and hs > 0 and (I % GR_BLOCK == 0 or H % GR_BLOCK == 0):
+        grad_panels = <floating*> malloc(((hs + 7) // 8 * 8 + GR_BLOCK) * GRAD_K_BLOCK
+                                         * sizeof(floating))
+        if grad_panels == NULL:
+            failed[0] = 1
     if w_mine == NULL:
         failed[0] = 1
     else:
@@ -204,6 +212,15 @@ def rnn_forward(const floating[:, :, ::1] x, const floating[:, ::1] h0,
 # ---------------------------------------------------------------------------------------------
 # Backward.
 
+cdef bint blocked_weight_grads = True  # weight gradients on the register kernel where they can
+
+
+def _set_blocked_weight_grads(bint enabled):
+    """True (the default): weight gradients by weight_grad_blocked where I or H allow; False: BLAS."""
+    global blocked_weight_grads
+    blocked_weight_grads = enabled
+
+
 cdef void _backward_thread(
         int tid, int nthreads, bint relu, bint reverse,
         Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -226,12 +243,20 @@ cdef void _backward_thread(
     cdef floating* st
     cdef const floating* h_shifted
     cdef size_t unit_bytes
+    cdef floating* grad_panels = NULL
 
     _unit_range(H, tid, nthreads, &j0, &j1)
     hs = j1 - j0
     unit_bytes = hs * sizeof(floating)
     # Columns j0..j1 of W_hh (H x hs) in panels: dh[:, j0:j1] += st (B, H) @ w_mine
     w_mine = <floating*> malloc((_panel_size(H, hs, nr) + 1) * sizeof(floating))
+    # Weight gradients on the register kernel with packed operands where the columns (I, H)
+    # are whole 32-column blocks (see cpu/lstm.pyx), else BLAS.
+    if blocked_weight_grads and hs > 0 and (I % GR_BLOCK == 0 or H % GR_BLOCK == 0):
+        grad_panels = <floating*> malloc(((hs + 7) // 8 * 8 + GR_BLOCK) * GRAD_K_BLOCK
+                                         * sizeof(floating))
+        if grad_panels == NULL:
+            failed[0] = 1
     if w_mine == NULL:
         failed[0] = 1
     else:
@@ -242,6 +267,7 @@ cdef void _backward_thread(
     omp_barrier()
     if failed[0]:
         free(w_mine)
+        free(grad_panels)
         return
 
     for s in range(T - 1, -1, -1):
@@ -263,8 +289,12 @@ cdef void _backward_thread(
 
     # Weight and bias gradients of this thread's rows over all steps (they read only this
     # thread's columns of gx / step_buf: no barrier needed)
-    gemm(True, False, hs, I, TB, <floating> 1, gx + j0, H, x, I, <floating> 0,
-         grad_w_ih + j0 * I, I)
+    if grad_panels != NULL and I % GR_BLOCK == 0:
+        weight_grad_blocked(<int> hs, <int> I, <int> TB, gx + j0, <int> H, x, <int> I,
+                            grad_w_ih + j0 * I, grad_panels)
+    else:
+        gemm(True, False, hs, I, TB, <floating> 1, gx + j0, H, x, I, <floating> 0,
+             grad_w_ih + j0 * I, I)
     # dW_hh = sum_t g[t]^T h_prev[t]: h_prev[t] is output[t -/+ 1] except at each sequence's
     # first step, where it is h0; output is zero past each length, so one shifted GEMM plus
     # step 0's grads (still in step_buf[0]) times h0 covers every case.
@@ -275,8 +305,13 @@ cdef void _backward_thread(
         first = B          # rows at times 1..T-1 pair with output[0..T-2]
         h_shifted = out
     _zero_if_empty(T - 1, hs, H, grad_w_hh + j0 * H)
-    gemm(True, False, hs, H, (T - 1) * B, <floating> 1, gx + first * H + j0, H, h_shifted, H,
-         <floating> 0, grad_w_hh + j0 * H, H)
+    if grad_panels != NULL and H % GR_BLOCK == 0:
+        weight_grad_blocked(<int> hs, <int> H, <int> ((T - 1) * B), gx + first * H + j0, <int> H,
+                            h_shifted, <int> H, grad_w_hh + j0 * H, grad_panels)
+    else:
+        gemm(True, False, hs, H, (T - 1) * B, <floating> 1, gx + first * H + j0, H, h_shifted, H,
+             <floating> 0, grad_w_hh + j0 * H, H)
+    free(grad_panels)
     gemm(True, False, hs, H, B, <floating> 1, step_buf + j0, H, h0, H, <floating> 1,
          grad_w_hh + j0 * H, H)
 

@@ -169,3 +169,31 @@ def standard_cases(cell: str, options_list: Sequence[dict]) -> list:
             Case(cell, 12, 6, 19, 23, lengths=[12, 5, 1, 12, 0, 8], with_hx=False, options=options),
         ]
     return cases
+
+
+def blocked_weight_grad_cases(cell: str, options_list: Sequence[dict]) -> list:
+    """Sizes whose input and/or hidden size are whole 32-column blocks, so the CPU backward
+    computes those weight gradients on its register kernel (weight_grad_blocked): T * B above
+    its 256-step block (later blocks add to the gradient), remainder panels of rows, lengths
+    with zeros, reverse, and one block-sized side at a time."""
+    cases = []
+    for options in options_list:
+        cases += [
+            Case(cell, 33, 9, 64, 32, lengths=[33, 0, 17, 1, 33, 5, 29, 2, 30], options=options),
+            Case(cell, 29, 11, 32, 64, lengths=[1, 29, 28, 0, 3, 29, 14, 9, 29, 7, 21], reverse=True,
+                 options=options),
+            Case(cell, 7, 3, 32, 17, options=options),
+            Case(cell, 7, 3, 13, 32, with_hx=False, with_bias=False, options=options),
+        ]
+    return cases
+
+
+def run_case_with_threads(case: Case, backend: str, dtype: torch.dtype, threads: int):
+    """run_case with torch (and so the CPU backends) on ``threads`` threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        run_case(case, backend, dtype)
+    finally:
+        torch.set_num_threads(previous)
+

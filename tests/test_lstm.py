@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import gatedrnn
-from recurrence_cases import Case, run_case, standard_cases
+from recurrence_cases import run_case, standard_cases
 
 CASES = standard_cases("lstm", [{}])
 CYTHON = pytest.mark.skipif(
@@ -42,30 +42,6 @@ def test_cython_inference_skips_the_workspace():
     assert inferred[3].numel() == 0 and recorded[3].shape == (T, B, 5 * H)
     for name, a, e in zip(("output", "h_n", "c_n"), inferred[:3], recorded[:3]):
         torch.testing.assert_close(a, e.detach(), rtol=1e-6, atol=1e-6, msg=name)
-
-
-# Input and hidden sizes that are whole 32-column blocks, so the backward computes dW_ih and/or
-# dW_hh on the register kernel (weight_grad_blocked): T * B above its 256-step block (blocks
-# that add to the gradient), a remainder panel of rows, lengths with zeros, reverse.
-BLOCKED_GRAD_CASES = [
-    Case("lstm", 33, 9, 64, 32, lengths=[33, 0, 17, 1, 33, 5, 29, 2, 30]),
-    Case("lstm", 29, 11, 32, 64, lengths=[1, 29, 28, 0, 3, 29, 14, 9, 29, 7, 21], reverse=True),
-    Case("lstm", 7, 3, 32, 17),   # dW_ih only
-    Case("lstm", 7, 3, 13, 32, with_hx=False, with_bias=False),   # dW_hh only
-]
-
-
-@CYTHON
-@pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("case", BLOCKED_GRAD_CASES, ids=[c.id for c in BLOCKED_GRAD_CASES])
-def test_cython_blocked_weight_gradients_match_oracle(case, dtype, threads):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        run_case(case, "cython", dtype)
-    finally:
-        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("case", CASES[:4], ids=[c.id for c in CASES[:4]])
