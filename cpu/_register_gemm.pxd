@@ -21,7 +21,7 @@ cdef inline void matmul_blocked(int B, int K, int N, const floating* inp, int ld
                                 floating* out, int ld_out,
                                 size_t in_k_stride=1, bint accumulate=False) noexcept nogil:
     """out (B x N) = inp (B x K; element (b, k) at inp[b * ld_in + k * in_k_stride]) @ W (out +=
-    with ``accumulate``), W in gr_matmul's block layout (see the C block); N a multiple of
+    with ``accumulate``), W in gr_matmul's block layout (see _register_gemm.h); N a multiple of
     GR_BLOCK."""
     if floating is float:
         gr_matmul_f32(B, K, N, inp, ld_in, in_k_stride, w, block_stride, k_stride, out, ld_out,

@@ -18,12 +18,13 @@ gradients are GEMMs over all steps afterwards, split by rows across the same thr
 only called from inside the region, single-threaded (the caller limits OpenBLAS to one thread).
 
 The products with W (input projection, per-step recurrence, dX, and the backward step up to
-batch 32) use a register-blocked kernel on W packed once per call (``gr_matmul`` below): BLAS
-re-packs W on every call, which at one step's size costs as much as the product, and was
-slower than this kernel at every size measured here. The weight gradients run on it too where
-I and H are whole 32-column blocks, both operands packed (``weight_grad_blocked``), else BLAS. The inner kernels (that product, the
-fused gate math, the per-step barrier) are C in the verbatim block below, with ``restrict``
-pointers and GCC vector extensions so that they vectorise: Cython cannot express either.
+batch 32) use a register-blocked kernel on W packed once per call (``gr_matmul`` in
+_register_gemm.h): BLAS re-packs W on every call, which at one step's size costs as much as
+the product, and was slower than this kernel at every size measured here. The weight gradients
+run on it too where I and H are whole 32-column blocks, both operands packed
+(``weight_grad_blocked``), else BLAS. The inner kernels (that product; the fused gate math and
+the per-step barrier, in the verbatim block below) are C with ``restrict`` pointers and GCC
+vector extensions so that they vectorise: Cython cannot express either.
 float32 uses a vectorisable exp (Cephes polynomial, ~1 ulp); float64 uses libm.
 """
 cimport openmp
