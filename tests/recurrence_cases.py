@@ -196,4 +196,3 @@ def run_case_with_threads(case: Case, backend: str, dtype: torch.dtype, threads:
         run_case(case, backend, dtype)
     finally:
         torch.set_num_threads(previous)
-
