@@ -38,6 +38,12 @@ cdef enum:
     GRAD_K_BLOCK = 256
 
 
+cdef inline size_t weight_grad_panels_size(int M) noexcept nogil:
+    """Values of the ``panels`` buffer weight_grad_blocked needs for M gradient rows: the 8-row
+    panels of dG^T and one packed 32-column block of the other operand."""
+    return <size_t> ((M + 7) // 8 * 8 + GR_BLOCK) * GRAD_K_BLOCK
+
+
 cdef inline void weight_grad_blocked(int M, int N, int K, const floating* dgates, int ld_gates,
                                      const floating* rows, int ld_rows, floating* grad,
                                      floating* panels) noexcept nogil:
@@ -49,8 +55,7 @@ cdef inline void weight_grad_blocked(int M, int N, int K, const floating* dgates
     values 4H apart; and each 32-column block of ``rows`` into GRAD_K_BLOCK x 32 contiguous
     values (32 KB) that stay in L1 while every panel streams past them (read in place, rows a
     power-of-two stride apart fell into a few L1 sets and came from L2). The first block writes
-    grad, the others add to it. panels: ceil(M / 8) * 8 * GRAD_K_BLOCK + GRAD_K_BLOCK * 32
-    values."""
+    grad, the others add to it. panels: weight_grad_panels_size(M) values."""
     cdef int k0, kc, k, p, i, r, c, n_panels = (M + 7) // 8
     cdef floating* panel
     cdef floating* column_block = panels + <size_t> n_panels * 8 * GRAD_K_BLOCK

@@ -30,7 +30,7 @@ from libc.string cimport memcpy, memset
 cimport openmp
 
 from _common cimport gemm, omp_barrier
-from _register_gemm cimport GRAD_K_BLOCK, GR_BLOCK, weight_grad_blocked
+from _register_gemm cimport GR_BLOCK, weight_grad_blocked, weight_grad_panels_size
 from _recurrent cimport (_panel_width, _panel_size, _panel_gemm, _pack_panels, _unit_range,
                         _team_size, _time_index, _zero_if_empty)
 
@@ -481,8 +481,7 @@ cdef void _backward_thread(
     # Weight gradients on the register kernel with packed operands where the columns (I, H)
     # are whole 32-column blocks (see cpu/lstm.pyx), else BLAS.
     if blocked_weight_grads and hs > 0 and (I % GR_BLOCK == 0 or H % GR_BLOCK == 0):
-        grad_panels = <floating*> malloc(((hs + 7) // 8 * 8 + GR_BLOCK) * GRAD_K_BLOCK
-                                         * sizeof(floating))
+        grad_panels = <floating*> malloc(weight_grad_panels_size(<int> hs) * sizeof(floating))
         if grad_panels == NULL:
             failed[0] = 1
     if w_mine == NULL:

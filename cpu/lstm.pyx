@@ -36,8 +36,8 @@ from libc.string cimport memset, memcpy
 import numpy as np
 
 from _common cimport gemm, omp_barrier
-from _register_gemm cimport (GR_BLOCK, GRAD_K_BLOCK, matmul_blocked, matmul_blocked_tall,
-                             weight_grad_blocked)
+from _register_gemm cimport (GR_BLOCK, matmul_blocked, matmul_blocked_tall, weight_grad_blocked,
+                             weight_grad_panels_size)
 
 
 cdef extern from *:
@@ -532,8 +532,7 @@ cdef int lstm_backward_worker(
     if use_blocked and not in_place:
         w_packed = <floating*> gr_alloc(<size_t> G * n_cols * sizeof(floating))
     if blocked_grads:
-        grad_panels = <floating*> gr_alloc(<size_t> ((own_rows + 7) // 8 * 8 + GR_BLOCK)
-                                           * GRAD_K_BLOCK * sizeof(floating))
+        grad_panels = <floating*> gr_alloc(weight_grad_panels_size(own_rows) * sizeof(floating))
     if (dh_rec == NULL or (use_blocked and not in_place and w_packed == NULL)
             or (blocked_grads and grad_panels == NULL)):
         failed[0] = 1
