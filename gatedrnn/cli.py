@@ -89,6 +89,14 @@ def _backend(option: Optional[str], device: torch.device) -> str:
         raise CommandError(f"{source}: {error}") from None
 
 
+def _at_least(args, minimum: int, *names: str) -> None:
+    """CommandError unless each --option (an int attribute; None: not given) is >= minimum."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise CommandError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
 def _positive(args, *names: str, allow_zero: bool = False) -> None:
     """CommandError unless each --option (an int or float attribute) is a finite number > 0
     (>= 0 with ``allow_zero``): checked before any work, not found by torch after it."""
@@ -328,9 +336,7 @@ def command_train(args) -> int:
 
     device = _device(args.device)
     used_backend = _backend(args.backend, device)
-    for name in ("steps", "batch", "seq_len", "hidden_size", "layers", "embedding_dim", "max_chars"):
-        if getattr(args, name) < 1:
-            raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    _at_least(args, 1, "steps", "batch", "seq_len", "hidden_size", "layers", "embedding_dim", "max_chars")
     _positive(args, "lr")
     _positive(args, "clip", "time_budget", "sample", "temperature", allow_zero=True)
     if not 0 <= args.dropout < 1:
@@ -552,10 +558,8 @@ def _bench_conv(args, device) -> int:
 
 def _check_bench_options(args) -> None:
     """The options every suite shares, checked before any benchmark runs."""
-    if args.repeats is not None and args.repeats < 1:
-        raise CommandError(f"--repeats must be >= 1, got {args.repeats}")
-    if args.warmup is not None and args.warmup < 0:
-        raise CommandError(f"--warmup must be >= 0, got {args.warmup}")
+    _at_least(args, 1, "repeats")
+    _at_least(args, 0, "warmup")
     if args.configs:
         _parse_configs(args.configs)
     if args.suite == "conv" and (args.cells != "lstm,gru,rnn" or args.configs or args.profile):
@@ -723,9 +727,7 @@ def command_gradients(args) -> int:
         raise CommandError("--cells: name at least one of rnn, lstm, gru")
     if args.seq_len < 2:
         raise CommandError("--seq-len must be >= 2")
-    for name in ("hidden_size", "batch", "train_steps", "train_seq_len", "clip_seq_len", "clip_steps"):
-        if getattr(args, name) < 1:
-            raise CommandError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    _at_least(args, 1, "hidden_size", "batch", "train_steps", "train_seq_len", "clip_seq_len", "clip_steps")
     _positive(args, "lr", "clip_lr", "explode_scale")
     _positive(args, "clip", allow_zero=True)
     _backend(args.backend, torch.device("cpu"))

@@ -435,6 +435,15 @@ def prepare(spec: Recurrence, input, hx, weight_ih, weight_hh, bias_ih, bias_hh,
 _AUTOCAST_LOW_PRECISION = {"cpu": frozenset({"lstm", "rnn", "conv2d"})}
 
 
+def call_autocast_dtype(input, backend: Optional[str], op: str) -> Optional[torch.dtype]:
+    """:func:`autocast_dtype` for a public call's arguments as given (``backend`` the caller's
+    choice or None): None without resolving the backend when input is not a tensor or autocast
+    is off on its device (the common case costs one check)."""
+    if not isinstance(input, Tensor) or not torch.is_autocast_enabled(input.device.type):
+        return None
+    return autocast_dtype(input, resolve_backend(backend, input.device), op)
+
+
 def autocast_dtype(input: Tensor, backend: str, op: str) -> Optional[torch.dtype]:
     """The dtype ``op`` (a cell name or "conv2d") computes in under autocast on input's device,
     or None (autocast off, or a float64 input). The autocast dtype (the input's own for an op
@@ -516,9 +525,17 @@ def _prepare_lengths(lengths, seq_len: int, batch: int) -> Tensor:
             raise ValueError(f"lengths must lie in [0, T] = [0, {seq_len}], got values in "
                              f"[{min(values)}, {max(values)}]")
         return torch.tensor(values, dtype=torch.int64)
-    check_lengths(lengths, seq_len, batch, values=False)  # the dtype before the copy converts it
-    lengths = lengths.to(device="cpu", dtype=torch.int64, copy=True)
-    if _plain_call([lengths]):  # (not compiling, tracing or faking: there the op's body checks)
+    # (values not while compiling, tracing or faking: there the op's body checks them)
+    return copy_lengths(lengths, seq_len, batch, "cpu", values=_plain_call([lengths]))
+
+
+def copy_lengths(lengths: Tensor, seq_len: int, batch: int, device=None, values: bool = True) -> Tensor:
+    """A private int64 copy of ``lengths`` (on ``device``, default its own), checked by
+    :func:`check_lengths`: the dtype before the copy converts it, the values (where ``values``)
+    on the copy, so the values checked are the values the kernels read."""
+    check_lengths(lengths, seq_len, batch, values=False)
+    lengths = lengths.to(device=device if device is not None else lengths.device, dtype=torch.int64, copy=True)
+    if values:
         check_lengths(lengths, seq_len, batch)
     return lengths
 
@@ -628,10 +645,7 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
             ("weight_ih", w_ih, (rows, input_size)), ("weight_hh", w_hh, (rows, hidden_size)),
             ("bias_ih", b_ih, (rows,)), ("bias_hh", b_hh, (rows,)),
         ], x)
-        check_lengths(lengths, seq_len, batch, values=False)  # the dtype before the copy converts it
-        lengths = lengths.to(torch.int64, copy=True)
-        check_lengths(lengths, seq_len, batch)
-        return lengths
+        return copy_lengths(lengths, seq_len, batch)
 
     # Where lengths sit among the forward op's arguments (after input, the states, the weights
     # and biases): the bodies replace them by the int64 copy they checked.
@@ -655,14 +669,14 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
                              f"{expected[2]}, got {_shape(workspace)} on {workspace.device} in {workspace.dtype}")
 
     def forward(*args):
-        return run_forward(args, inference=False)
+        return run_forward(args, without_workspace=False)
 
     def inference(*args):
         """forward for an eager call nothing records: a backend with an inference forward (the
         third of its implementations) writes no workspace and returns an empty one."""
-        return run_forward(args, inference=True)
+        return run_forward(args, without_workspace=True)
 
-    def run_forward(args, inference: bool):
+    def run_forward(args, without_workspace: bool):
         args = [a.contiguous() if isinstance(a, Tensor) else a for a in args]
         x, states, (w_ih, w_hh, b_ih, b_hh, lengths, reverse), opts, backend = split_forward(args)
         if not _checked_calls.depth:
@@ -675,7 +689,7 @@ def define_ops(spec: Recurrence, implementations: Dict[str, Callable[[], Tuple[F
             workspace = x.new_zeros(workspace_shape(x, hidden_size, opts), dtype=state_dtype(x.dtype))
             return (output, *[s.clone() for s in states], workspace)
         functions = backend_pair(backend)
-        forward_fn = functions[2] if inference and len(functions) > 2 else functions[0]
+        forward_fn = functions[2] if without_workspace and len(functions) > 2 else functions[0]
         return tuple(forward_fn(*args[:-1]))
 
     def forward_fake(*args):

@@ -40,9 +40,8 @@ import torch
 from torch import Tensor
 
 from .. import oracle
-from ..backends import resolve_backend
-from ._recurrence import (autocast_cast, autocast_dtype, call_without_autocast, eager_or_op, from_numpy, new_output,
-                          run_cpu_kernel, to_numpy64)
+from ._recurrence import (autocast_cast, call_autocast_dtype, call_without_autocast, eager_or_op, from_numpy,
+                          new_output, run_cpu_kernel, to_numpy64)
 from ._spatial import (Implementations, check_same, check_tensor, cpu_module, empty_in_format, in_format, int_tuple,
                        is_channels_last, is_int, pick_backend)
 
@@ -330,10 +329,9 @@ def _prepare(op, input, weight, bias, stride, padding, dilation, groups, backend
     Under autocast, input, weight and bias first go to the dtype the call computes in, as torch's
     convolutions (on autocast's lower-precision list) do: the autocast dtype, or float32 on the
     Cython backend, which has no 16-bit kernels."""
-    if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
-        autocast = autocast_dtype(input, resolve_backend(backend, input.device), "conv2d")
-        if autocast is not None:
-            input, weight, bias = (autocast_cast(autocast, t) for t in (input, weight, bias))
+    autocast = call_autocast_dtype(input, backend, "conv2d")
+    if autocast is not None:
+        input, weight, bias = (autocast_cast(autocast, t) for t in (input, weight, bias))
     key = _geometry_key(op, input, weight, bias, stride, padding, dilation, groups)
     geometry = _GEOMETRY_CACHE.get(key) if key is not None else None
     if geometry is None:

@@ -17,7 +17,6 @@ import torch
 from torch import Tensor
 
 from .. import oracle
-from ..backends import resolve_backend
 from ._recurrence import (
     Recurrence,
     _check_bool,
@@ -25,7 +24,7 @@ from ._recurrence import (
     _prepare_lengths,
     _shape,
     autocast_cast,
-    autocast_dtype,
+    call_autocast_dtype,
     check_like_input,
     combined_bias,
     cpu_extension,
@@ -221,18 +220,17 @@ def _lstm_with_projection(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, wei
     with input weight [W_ih, W_hh]. Output and h_n are m @ W_hr^T; autograd through these
     products gives every gradient.
     """
-    if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
-        autocast = autocast_dtype(input, resolve_backend(backend, input.device), "lstm")
-        if autocast is not None:
-            # As prepare() does for the unprojected call: everything in the dtype the op computes
-            # in, and the projection's products in it too (not autocast's own choice for them).
-            input, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = (
-                autocast_cast(autocast, t) for t in (input, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr))
-            if isinstance(hx, (tuple, list)):
-                hx = tuple(autocast_cast(autocast, t) for t in hx)
-            with torch.autocast(input.device.type, enabled=False):
-                return _lstm_with_projection(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
-                                             lengths, reverse, batch_first, backend)
+    autocast = call_autocast_dtype(input, backend, "lstm")
+    if autocast is not None:
+        # As prepare() does for the unprojected call: everything in the dtype the op computes
+        # in, and the projection's products in it too (not autocast's own choice for them).
+        input, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr = (
+            autocast_cast(autocast, t) for t in (input, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr))
+        if isinstance(hx, (tuple, list)):
+            hx = tuple(autocast_cast(autocast, t) for t in hx)
+        with torch.autocast(input.device.type, enabled=False):
+            return _lstm_with_projection(input, hx, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr,
+                                         lengths, reverse, batch_first, backend)
     x, h0, c0 = _check_projected(input, hx, weight_ih, weight_hh, weight_hr, reverse, batch_first)
     reverse, batch_first = bool(reverse), bool(batch_first)
     seq_len, batch, _ = x.shape

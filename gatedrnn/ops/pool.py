@@ -200,6 +200,16 @@ def _for_backend(t: Tensor, backend: str) -> Tensor:
     return t if _backend_layout(t, backend) == torch.channels_last else t.contiguous()
 
 
+def _input_gradient(grad_output: Tensor, input_size: Sequence[int], backend: str, compute) -> Tensor:
+    """A backward body's input gradient, in the layout ``backend`` returns (``_backend_layout``):
+    zeros for an empty grad_output, else ``compute(grad_output as the backend reads it, layout)``
+    laid out so."""
+    layout = _backend_layout(grad_output, backend)
+    if grad_output.numel() == 0:
+        return empty_in_format(input_size, grad_output, layout).zero_()
+    return in_format(compute(_for_backend(grad_output, backend), layout), layout)
+
+
 def _max_pool2d_forward(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
                         dilation: Sequence[int], ceil_mode: bool, backend: str) -> Tuple[Tensor, Tensor]:
     memory_format = _memory_format(input)
@@ -226,14 +236,10 @@ def _(input, kernel_size, stride, padding, dilation, ceil_mode, backend):
 def _max_pool2d_backward_body(grad_output: Tensor, indices: Tensor, input_size: Sequence[int],
                               kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
                               dilation: Sequence[int], backend: str) -> Tensor:
-    layout = _backend_layout(grad_output, backend)
-    if grad_output.numel() == 0:
-        return empty_in_format(input_size, grad_output, layout).zero_()
     # the indices are read at grad_output's offsets: the same layout
-    grad_input = _implementations(backend).max_backward(
-        _for_backend(grad_output, backend), in_format(indices, layout), list(input_size), list(kernel_size),
-        list(stride), list(padding), list(dilation))
-    return in_format(grad_input, layout)
+    return _input_gradient(grad_output, input_size, backend, lambda grad, layout: _implementations(
+        backend).max_backward(grad, in_format(indices, layout), list(input_size), list(kernel_size), list(stride),
+                              list(padding), list(dilation)))
 
 
 _max_pool2d_backward_op = torch.library.custom_op(
@@ -289,13 +295,9 @@ def _(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor
 def _avg_pool2d_backward_body(grad_output: Tensor, input_size: Sequence[int], kernel_size: Sequence[int],
                               stride: Sequence[int], padding: Sequence[int], ceil_mode: bool,
                               count_include_pad: bool, divisor_override: Optional[int], backend: str) -> Tensor:
-    layout = _backend_layout(grad_output, backend)
-    if grad_output.numel() == 0:
-        return empty_in_format(input_size, grad_output, layout).zero_()
-    grad_input = _implementations(backend).avg_backward(
-        _for_backend(grad_output, backend), list(input_size), list(kernel_size), list(stride), list(padding),
-        ceil_mode, count_include_pad, divisor_override)
-    return in_format(grad_input, layout)
+    return _input_gradient(grad_output, input_size, backend, lambda grad, layout: _implementations(
+        backend).avg_backward(grad, list(input_size), list(kernel_size), list(stride), list(padding), ceil_mode,
+                              count_include_pad, divisor_override))
 
 
 _avg_pool2d_backward_op = torch.library.custom_op(
@@ -340,11 +342,8 @@ def _(input, output_size, backend):
 
 
 def _adaptive_avg_pool2d_backward_body(grad_output: Tensor, input_size: Sequence[int], backend: str) -> Tensor:
-    layout = _backend_layout(grad_output, backend)
-    if grad_output.numel() == 0:
-        return empty_in_format(input_size, grad_output, layout).zero_()
-    grad_input = _implementations(backend).adaptive_backward(_for_backend(grad_output, backend), list(input_size))
-    return in_format(grad_input, layout)
+    return _input_gradient(grad_output, input_size, backend,
+                           lambda grad, layout: _implementations(backend).adaptive_backward(grad, list(input_size)))
 
 
 _adaptive_avg_pool2d_backward_op = torch.library.custom_op(
