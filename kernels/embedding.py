@@ -15,7 +15,9 @@ into pieces of PIECE occurrences: a row with more than one piece has its later p
 extra programs of the same launch into a float32 buffer of partial sums (one slot per piece, at
 most N // PIECE), and a second kernel sums its first piece and then those partials, in order,
 into the row. The cut depends only on the indices, so the result is bitwise reproducible. Every
-row is written exactly once, so the output can be NaN-poisoned.
+row is written exactly once, so the output can be NaN-poisoned. With ``scale_grad_by_freq`` the
+program that writes a row divides its sum by the row's number of occurrences (its segment's
+length) as it writes it.
 
 All accumulation is float32; float32/bfloat16/float16 weights. Launchers validate nothing.
 """
@@ -92,14 +94,24 @@ def _sum_occurrences(grad_output_ptr, order_ptr, first, end, cols, col_ok, D,
     return tl.sum(acc, axis=0)
 
 
-@triton.jit(do_not_specialize=["D", "padding_idx", "num_weights", "piece", "split"])
+@triton.jit
+def _row_total(total, start, end, scale_by_freq):
+    """total, divided by the row's number of occurrences end - start when scale_by_freq != 0
+    (scale_grad_by_freq: by at least 1, so a row never looked up stays 0)."""
+    count = tl.maximum(end - start, 1).to(tl.float32)
+    # (start * 0 + scale_by_freq): a tensor condition (the interpreter passes ints as ints)
+    return tl.where((start * 0 + scale_by_freq) != 0, total / count, total)
+
+
+@triton.jit(do_not_specialize=["D", "padding_idx", "num_weights", "piece", "split", "scale_by_freq"])
 def embedding_backward_kernel(grad_output_ptr, order_ptr, starts_ptr, extra_ptr, extra_end_ptr,
                               extra_row_ptr, grad_weight_ptr, partials_ptr, D, padding_idx,
-                              num_weights, piece, split, BLOCK_OCC: tl.constexpr,
+                              num_weights, piece, scale_by_freq, split, BLOCK_OCC: tl.constexpr,
                               BLOCK_D: tl.constexpr, ALIGN: tl.constexpr):
     """Programs [0, num_weights) of axis 0 own a row each: a row of one piece (every row when
     split == 0) is summed and written here, grad_weight[row] = its occurrences' sum (0 for
-    padding_idx); a longer row's first piece is left to embedding_backward_combine_kernel.
+    padding_idx; divided by their number when scale_by_freq != 0); a longer row's first piece
+    is left to embedding_backward_combine_kernel.
     Program num_weights + e (split == 1) sums extra piece e, piece k >= 1 of row extra_row[e]
     (k = e - its first slot + 1), into partials[e]; slots past the last piece do nothing."""
     program = tl.program_id(0).to(tl.int64)
@@ -128,21 +140,24 @@ def embedding_backward_kernel(grad_output_ptr, order_ptr, starts_ptr, extra_ptr,
     target_base = row * D
     if ALIGN > 1:
         target_base = tl.multiple_of(target_base, ALIGN)
+    # (the partials stay unscaled: the combine kernel divides the row's whole sum)
+    row_total = _row_total(total, start, end, scale_by_freq)
     # tl.where, not col_ok & to_row: the interpreter makes an int32 mask of a scalar & a vector
-    tl.store(grad_weight_ptr + target_base + cols, total.to(grad_weight_ptr.dtype.element_ty),
+    tl.store(grad_weight_ptr + target_base + cols, row_total.to(grad_weight_ptr.dtype.element_ty),
              mask=tl.where(to_row, col_ok, False))
     tl.store(partials_ptr + slot * D + cols, total, mask=tl.where(to_partial, col_ok, False))
 
 
-@triton.jit(do_not_specialize=["D", "padding_idx", "num_weights", "piece"])
+@triton.jit(do_not_specialize=["D", "padding_idx", "num_weights", "piece", "scale_by_freq"])
 def embedding_backward_combine_kernel(grad_output_ptr, order_ptr, starts_ptr, extra_ptr,
                                       extra_end_ptr, extra_row_ptr, grad_weight_ptr,
                                       partials_ptr, D, padding_idx, num_weights, piece,
-                                      BLOCK_OCC: tl.constexpr, BLOCK_D: tl.constexpr,
-                                      ALIGN: tl.constexpr):
+                                      scale_by_freq, BLOCK_OCC: tl.constexpr,
+                                      BLOCK_D: tl.constexpr, ALIGN: tl.constexpr):
     """The rows of several pieces, one program per partial-sum slot of axis 0: the program of a
     row's first slot writes grad_weight[row] = (its first piece's sum) + partials of its slots
-    in order (0 for padding_idx); the others do nothing."""
+    in order (0 for padding_idx; divided by the row's occurrences when scale_by_freq != 0); the
+    others do nothing."""
     slot = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     col_ok = cols < D
@@ -165,7 +180,7 @@ def embedding_backward_combine_kernel(grad_output_ptr, order_ptr, starts_ptr, ex
         slot_ok = offsets < n_partials
         acc += tl.load(partials_ptr + (first_slot + offsets)[:, None] * D + cols[None, :],
                        mask=slot_ok[:, None] & col_ok[None, :], other=0.0)
-    total += tl.sum(acc, axis=0)
+    total = _row_total(total + tl.sum(acc, axis=0), start, end, scale_by_freq)
     target_base = row * D
     if ALIGN > 1:
         target_base = tl.multiple_of(target_base, ALIGN)
@@ -205,10 +220,11 @@ def embedding_forward(weight, indices, padding_idx):
     return output
 
 
-def embedding_backward(grad_output, indices, num_weights, padding_idx):
+def embedding_backward(grad_output, indices, num_weights, padding_idx, scale_grad_by_freq=False):
     """grad_output (N, D), indices int64 (N,) in [0, V), V = num_weights, padding_idx in [0, V)
     or -1 -> grad_weight (V, D): each row's occurrences summed in their order of appearance, in
-    pieces of PIECE once N > PIECE (see the module docstring)."""
+    pieces of PIECE once N > PIECE (see the module docstring); with ``scale_grad_by_freq`` each
+    row's sum is divided by its number of occurrences."""
     N, D = grad_output.shape
     device = indices.device
     sorted_indices, order = torch.sort(indices, stable=True)
@@ -230,7 +246,7 @@ def embedding_backward(grad_output, indices, num_weights, padding_idx):
         extra = extra_end = extra_row = starts  # never read: every row is one piece
         partials = empty(1, D, dtype=torch.float32, device=device)
     tables = (grad_output, order, starts, extra, extra_end, extra_row, grad_weight, partials, D,
-              padding_idx, num_weights, piece)
+              padding_idx, num_weights, piece, 1 if scale_grad_by_freq else 0)
     _launch(embedding_backward_kernel, num_weights + max_extra, D, grad_output.dtype, *tables,
             1 if max_extra else 0)
     if max_extra:

@@ -1,6 +1,7 @@
 """embedding: the oracle against torch.nn.functional (float64), every CPU backend against the
-oracle, deterministic accumulation, out-of-range indices, the custom ops' registration, and
-the Embedding module against torch.nn.
+oracle (also with scale_grad_by_freq), deterministic accumulation, out-of-range indices, the
+custom ops' registration, and the Embedding module against torch.nn (max_norm,
+scale_grad_by_freq, sparse gradients and an optimiser step on them).
 
 Triton backend: the kernels under TRITON_INTERPRET=1 (float32, CPU tensors; in a fresh
 subprocess, ``test_triton_interpreter_subprocess``, ~10 s on 2 cores) against the oracle with
@@ -45,31 +46,34 @@ def draw(case, seed=0):
     return indices, rng.standard_normal((rows, dim)), padding_idx
 
 
+@pytest.mark.parametrize("scale", [False, True], ids=["sum", "scale-by-freq"])
 @pytest.mark.parametrize("name", list(CASES))
-def test_oracle_matches_torch(name):
+def test_oracle_matches_torch(name, scale):
     indices, weight, padding_idx = draw(CASES[name])
     weight_t = torch.tensor(weight, requires_grad=True)
-    y = F.embedding(torch.tensor(indices), weight_t, padding_idx=padding_idx)
+    y = F.embedding(torch.tensor(indices), weight_t, padding_idx=padding_idx, scale_grad_by_freq=scale)
     grad_y = torch.randn(y.shape, dtype=torch.float64)
     y.backward(grad_y)
     assert_close({"y": (y, oracle.embedding_forward(indices, weight)),
                   "grad_weight": (weight_t.grad, oracle.embedding_backward(grad_y.numpy(), indices, weight.shape[0],
-                                                                           padding_idx))}, torch.float64)
+                                                                           padding_idx, scale))}, torch.float64)
 
 
+@pytest.mark.parametrize("scale", [False, True], ids=["sum", "scale-by-freq"])
 @pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(CASES))
-def test_backend_matches_oracle(backend, dtype, index_dtype, name):
+def test_backend_matches_oracle(backend, dtype, index_dtype, name, scale):
     indices, weight, padding_idx = draw(CASES[name])
     weight = rounded(weight, dtype)
     weight_t = torch.tensor(weight, dtype=dtype, requires_grad=True)
-    y = embedding(torch.tensor(indices, dtype=index_dtype), weight_t, padding_idx, backend=backend)
+    y = embedding(torch.tensor(indices, dtype=index_dtype), weight_t, padding_idx, scale_grad_by_freq=scale,
+                  backend=backend)
     assert y.dtype == dtype and y.shape == indices.shape + (weight.shape[1],)
     grad_y = rounded(np.random.default_rng(1).standard_normal(tuple(y.shape)), dtype)
     y.backward(torch.tensor(grad_y, dtype=dtype))
-    expected_grad = oracle.embedding_backward(grad_y, indices, weight.shape[0], padding_idx)
+    expected_grad = oracle.embedding_backward(grad_y, indices, weight.shape[0], padding_idx, scale)
     assert_close({"y": (y, oracle.embedding_forward(indices, weight)), "grad_weight": (weight_t.grad, expected_grad)},
                  dtype)
     if padding_idx is not None:
@@ -77,7 +81,8 @@ def test_backend_matches_oracle(backend, dtype, index_dtype, name):
 
 
 @needs_cython("embedding")
-def test_cython_backward_is_deterministic_across_threads():
+@pytest.mark.parametrize("scale", [False, True], ids=["sum", "scale-by-freq"])
+def test_cython_backward_is_deterministic_across_threads(scale):
     rng = np.random.default_rng(0)
     indices = torch.tensor(rng.integers(0, 3, size=5000))  # many repeats of few rows
     weight = torch.randn(3, 200, requires_grad=True)
@@ -88,7 +93,7 @@ def test_cython_backward_is_deterministic_across_threads():
         for threads in (1, 2, 1):
             torch.set_num_threads(threads)
             weight.grad = None
-            embedding(indices, weight, backend="cython").backward(grad_y)
+            embedding(indices, weight, scale_grad_by_freq=scale, backend="cython").backward(grad_y)
             results.append(weight.grad.clone())
     finally:
         torch.set_num_threads(previous)
@@ -113,10 +118,11 @@ def test_empty_and_noncontiguous(backend):
 def test_opcheck(backend):
     weight = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
     indices = torch.tensor([0, 3, 3, 6, 1])
-    torch.library.opcheck(torch.ops.gatedrnn.embedding.default, (weight, indices, 3, backend))
-    torch.library.opcheck(torch.ops.gatedrnn.embedding.default, (weight, indices, -1, backend))
-    torch.library.opcheck(torch.ops.gatedrnn.embedding_backward.default,
-                          (torch.randn(5, 5, dtype=torch.float64), indices, 7, 3, backend))
+    for padding_idx, scale in ((3, False), (-1, False), (3, True)):
+        torch.library.opcheck(torch.ops.gatedrnn.embedding.default, (weight, indices, padding_idx, scale, False, backend))
+        torch.library.opcheck(torch.ops.gatedrnn.embedding_backward.default,
+                              (torch.randn(5, 5, dtype=torch.float64), indices, 7, padding_idx, scale, backend))
+    torch.library.opcheck(torch.ops.gatedrnn.embedding_renorm_.default, (weight.detach().clone(), indices, 1.0, 2.0))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -138,12 +144,14 @@ def check_indices_checked_when_compiled_and_called_directly(backend):
         with pytest.raises(IndexError, match=r"input indices must lie in \[0, num_embeddings\) = \[0, 4\)"):
             compiled(torch.tensor(bad), weight)
     with pytest.raises(IndexError, match=r"got values in \[0, 9\]"):
-        torch.ops.gatedrnn.embedding.default(weight, torch.tensor([0, 9]), -1, backend)
+        torch.ops.gatedrnn.embedding.default(weight, torch.tensor([0, 9]), -1, False, False, backend)
     # the backward reads grad_output's row of every occurrence: its rows must match the indices
     with pytest.raises(ValueError, match=r"grad_output must be \(N, D\) for indices \(N,\), got \(2, 3\) and \(3,\)"):
-        torch.ops.gatedrnn.embedding_backward.default(torch.randn(2, 3), torch.tensor([0, 1, 2]), 4, -1, backend)
+        torch.ops.gatedrnn.embedding_backward.default(torch.randn(2, 3), torch.tensor([0, 1, 2]), 4, -1, False,
+                                                      backend)
     with pytest.raises(ValueError, match="padding_idx in"):
-        torch.ops.gatedrnn.embedding_backward.default(torch.randn(3, 3), torch.tensor([0, 1, 2]), 4, 7, backend)
+        torch.ops.gatedrnn.embedding_backward.default(torch.randn(3, 3), torch.tensor([0, 1, 2]), 4, 7, False,
+                                                      backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -159,7 +167,7 @@ def test_cython_kernel_checks_indices_itself():
     with pytest.raises(IndexError, match=r"index 4 at position 1 is outside \[0, 4\)"):
         extension.embedding_forward(weight, np.array([0, 4], np.int64), output, 1)
     with pytest.raises(IndexError, match="outside"):
-        extension.embedding_backward(output, np.array([-1, 0], np.int64), -1, weight, 1)
+        extension.embedding_backward(output, np.array([-1, 0], np.int64), -1, False, weight, 1)
 
 
 @pytest.mark.parametrize(
@@ -172,6 +180,15 @@ def test_cython_kernel_checks_indices_itself():
         (dict(padding_idx=-6), ValueError, "padding_idx must lie in"),
         (dict(padding_idx=1.0), TypeError, "padding_idx must be an int or None"),
         (dict(input=[0, 1]), TypeError, "input must be a torch.Tensor"),
+        (dict(scale_grad_by_freq=1), TypeError, "scale_grad_by_freq must be a bool, got 1"),
+        (dict(sparse="yes"), TypeError, "sparse must be a bool, got 'yes'"),
+        (dict(max_norm="1"), TypeError, "max_norm must be a finite real number, got '1'"),
+        (dict(max_norm=float("nan")), TypeError, "max_norm must be a finite real number"),
+        (dict(max_norm=-1.0), ValueError, "max_norm must be >= 0, got -1.0"),
+        (dict(max_norm=1.0, norm_type=None), TypeError, "norm_type must be a finite real number, got None"),
+        (dict(max_norm=1.0, input=torch.tensor([0, -1])), IndexError, r"got values in \[-1, 0\]"),
+        (dict(weight=torch.randn(5, 3, requires_grad=True), scale_grad_by_freq=True, sparse=True), ValueError,
+         r"scale_grad_by_freq=True has no sparse gradient \(sparse=True\)"),
     ],
 )
 def test_bad_input_names_the_argument(arguments, error, message):
@@ -217,8 +234,97 @@ def test_module_max_norm_and_from_pretrained(backend):
     torch.testing.assert_close(ours(indices), reference(indices))
     torch.testing.assert_close(ours.weight, reference.weight)  # the same rows renormalised in place
     assert not ours.weight.requires_grad
-    with pytest.raises(NotImplementedError, match="sparse=True is not implemented"):
-        Embedding(4, 2, sparse=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("options", [dict(scale_grad_by_freq=True), dict(sparse=True), dict(max_norm=1.5, norm_type=1.0),
+                                     dict(max_norm=0.5, scale_grad_by_freq=True), dict(max_norm=2.0, sparse=True)],
+                         ids=["scale-by-freq", "sparse", "max-norm-L1", "max-norm-scale", "max-norm-sparse"])
+def test_module_options_match_torch(backend, options):
+    """scale_grad_by_freq, sparse and max_norm: outputs, the renormalised weight and the
+    gradient (sparse: the same layout and entries) as torch.nn.Embedding's, then one optimiser
+    step (SparseAdam for sparse) leaves both weights equal."""
+    torch.manual_seed(0)
+    ours = Embedding(13, 6, padding_idx=4, backend=backend, **options).double()
+    reference = torch.nn.Embedding(13, 6, padding_idx=4, **options).double()
+    with torch.no_grad():
+        ours.weight.mul_(2.0)
+    reference.load_state_dict(ours.state_dict())
+    indices = torch.tensor([[1, 4, 4, 12], [4, 7, 1, 1], [0, 1, 11, 7]])
+    optimizers = [(torch.optim.SparseAdam if options.get("sparse") else torch.optim.Adam)(m.parameters(), lr=0.1)
+                  for m in (ours, reference)]
+    grad_y = torch.randn(3, 4, 6, dtype=torch.float64)
+    outputs = [m(indices) for m in (ours, reference)]
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+    torch.testing.assert_close(ours.weight, reference.weight, rtol=0, atol=0)  # max_norm: renormalised alike
+    for output in outputs:
+        output.backward(grad_y)
+    ours_grad, reference_grad = ours.weight.grad, reference.weight.grad
+    assert ours_grad.layout == reference_grad.layout
+    if options.get("sparse"):
+        assert torch.equal(ours_grad._indices(), reference_grad._indices())  # uncoalesced, padding left out
+        torch.testing.assert_close(ours_grad._values(), reference_grad._values(), rtol=0, atol=0)
+        assert not (ours_grad._indices() == 4).any()
+    else:
+        torch.testing.assert_close(ours_grad, reference_grad, rtol=1e-12, atol=1e-12)
+        if options.get("scale_grad_by_freq"):  # row 1, looked up four times: its mean, not its sum
+            torch.testing.assert_close(ours_grad[1], grad_y.reshape(-1, 6)[indices.reshape(-1) == 1].mean(0))
+    for optimizer in optimizers:
+        optimizer.step()
+    torch.testing.assert_close(ours.weight, reference.weight, rtol=1e-12, atol=1e-12)
+    assert f"backend='{backend}'" in repr(ours)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_max_norm_renormalises_in_place_as_torch(backend):
+    """The functional max_norm: only the looked-up rows whose norm exceeds it change, exactly as
+    F.embedding changes them; the gradient is the plain lookup's; a bad index changes nothing."""
+    generator = torch.Generator().manual_seed(2)
+    weight = torch.randn(9, 5, generator=generator, dtype=torch.float64) * 2
+    ours, reference = weight.clone().requires_grad_(), weight.clone().requires_grad_()
+    indices = torch.tensor([[0, 3], [3, 8]], dtype=torch.int32)
+    for norm_type in (2.0, 3.5):
+        y = embedding(indices, ours, max_norm=1.25, norm_type=norm_type, backend=backend)
+        y_ref = F.embedding(indices, reference, max_norm=1.25, norm_type=norm_type)
+        torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+        torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+        y.sum().backward()
+        y_ref.sum().backward()
+        torch.testing.assert_close(ours.grad, reference.grad, rtol=0, atol=0)
+    untouched = torch.tensor([1, 2, 4, 5, 6, 7])
+    torch.testing.assert_close(ours.detach()[untouched], weight[untouched], rtol=0, atol=0)
+    assert not torch.equal(ours.detach()[[0, 3, 8]], weight[[0, 3, 8]])
+    before = ours.detach().clone()
+    with pytest.raises(IndexError, match=r"\[0, 9\)"):
+        embedding(torch.tensor([8, -1]), ours, max_norm=0.1, backend=backend)
+    assert torch.equal(ours.detach(), before)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sparse_and_max_norm_compile(backend):
+    """torch.compile(fullgraph=True) traces sparse=True (its backward builds the COO gradient)
+    and max_norm (the renormalisation is a mutating custom op, checked inside the graph too)."""
+    torch._dynamo.reset()
+    weight = (torch.randn(6, 4, dtype=torch.float64) * 3).requires_grad_()
+    reference = weight.detach().clone().requires_grad_()
+    compiled = torch.compile(lambda i, w: embedding(i, w, 2, max_norm=1.0, sparse=True, backend=backend),
+                             fullgraph=True, backend="aot_eager")
+    indices = torch.tensor([1, 2, 5, 1])
+    compiled(indices, weight).sum().backward()
+    F.embedding(indices, reference, 2, max_norm=1.0, sparse=True).sum().backward()
+    torch.testing.assert_close(weight, reference, rtol=0, atol=0)
+    assert weight.grad.layout == torch.sparse_coo
+    torch.testing.assert_close(weight.grad.to_dense(), reference.grad.to_dense(), rtol=0, atol=0)
+    with pytest.raises(IndexError, match=r"got values in \[-1, 1\]"):
+        compiled(torch.tensor([1, -1]), weight)
+
+
+def test_scale_and_sparse_without_gradient():
+    """torch refuses scale_grad_by_freq with sparse only in the backward: a lookup nothing
+    differentiates still runs."""
+    weight = torch.randn(5, 3)
+    torch.testing.assert_close(embedding(torch.tensor([4, 0]), weight, scale_grad_by_freq=True, sparse=True),
+                               weight[[4, 0]])
 
 
 # --- triton backend -------------------------------------------------------------------------------
@@ -282,14 +388,14 @@ def recorded_launches(monkeypatch):
         assert not missing, f"launches not in gate_configs({capability}): {missing}"
 
 
-def check_triton_embedding(case, dtype, device, seed=0, indices=None):
+def check_triton_embedding(case, dtype, device, seed=0, indices=None, scale=False):
     """``case`` drawn (or its weight only, with these ``indices``) on the Triton backend, forward
-    and weight gradient against a float64 reference."""
+    and weight gradient (``scale``: scale_grad_by_freq) against a float64 reference."""
     drawn, weight, padding_idx = draw(case, seed)
     indices = drawn if indices is None else indices
     weight_t = torch.tensor(weight, dtype=dtype, device=device, requires_grad=True)
     indices_t = torch.tensor(indices, device=device)
-    y = embedding(indices_t, weight_t, padding_idx, backend="triton")
+    y = embedding(indices_t, weight_t, padding_idx, scale_grad_by_freq=scale, backend="triton")
     assert y.dtype == dtype and y.shape == indices.shape + (weight.shape[1],)
     grad_y = torch.tensor(np.random.default_rng(seed + 1).standard_normal(tuple(y.shape)), dtype=dtype, device=device)
     y.backward(grad_y)
@@ -297,6 +403,9 @@ def check_triton_embedding(case, dtype, device, seed=0, indices=None):
     expected = weight_t.detach().double()[indices_t]
     expected_grad = torch.zeros(weight.shape, dtype=torch.float64, device=device)
     expected_grad.index_add_(0, indices_t.reshape(-1), grad_y.double().reshape(-1, weight.shape[1]))
+    if scale:
+        counts = torch.bincount(indices_t.reshape(-1), minlength=weight.shape[0]).clamp(min=1)
+        expected_grad /= counts[:, None]
     if padding_idx is not None:
         expected_grad[padding_idx] = 0
         assert torch.count_nonzero(weight_t.grad[padding_idx]) == 0
@@ -323,6 +432,12 @@ def check_triton_deterministic(rows, dim, lookups, dtype, device):
 @pytest.mark.parametrize("name", list(TRITON_CASES))
 def test_triton_interpreter_matches_oracle(name, recorded_launches):
     check_triton_embedding(TRITON_CASES[name], torch.float32, "cpu")
+
+
+@in_interpreter
+@pytest.mark.parametrize("name", ["padding", "few-rows-many-repeats", "unreferenced-rows"])
+def test_triton_interpreter_scale_grad_by_freq(name, recorded_launches):
+    check_triton_embedding(TRITON_CASES[name], torch.float32, "cpu", scale=True)
 
 
 @in_interpreter
@@ -370,7 +485,8 @@ def test_triton_interpreter_frequent_rows_in_pieces(dim, monkeypatch, recorded_l
     combine = module.embedding_backward_combine_kernel
     monkeypatch.setattr(module, "embedding_backward_combine_kernel", _Recording(combine, launched))
     indices = _split_indices()
-    check_triton_embedding((indices.shape, 11, dim, 8), torch.float32, "cpu", indices=indices)
+    for scale in (False, True):  # scale_grad_by_freq: the combine kernel divides whole sums
+        check_triton_embedding((indices.shape, 11, dim, 8), torch.float32, "cpu", indices=indices, scale=scale)
     assert launched, "the combine kernel never ran"
     generator = torch.Generator().manual_seed(3)
     weight = torch.randn(11, dim, generator=generator).requires_grad_()
@@ -439,6 +555,7 @@ GPU_CASES = {
 @pytest.mark.parametrize("name", list(GPU_CASES))
 def test_triton_gpu_matches_reference(name, dtype):
     check_triton_embedding(GPU_CASES[name], dtype, "cuda")
+    check_triton_embedding(GPU_CASES[name], dtype, "cuda", seed=1, scale=True)
 
 
 @pytest.mark.gpu

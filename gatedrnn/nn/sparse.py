@@ -2,9 +2,9 @@
 
 A subclass of torch's module: same arguments, parameter name (``weight``), initialisation
 (N(0, 1) with the ``padding_idx`` row zeroed), ``from_pretrained``, ``extra_repr`` and
-``load_state_dict`` both ways. ``max_norm`` renormalises the looked-up rows in place, as torch
-does. ``scale_grad_by_freq`` and ``sparse`` gradients are not implemented: the constructor says
-so rather than silently computing something else.
+``load_state_dict`` both ways. ``max_norm`` renormalises the looked-up rows in place,
+``scale_grad_by_freq`` scales each row's gradient by 1 / its occurrences and ``sparse`` gives
+a sparse COO weight gradient, as torch does (all three through :func:`gatedrnn.embedding`).
 """
 from __future__ import annotations
 
@@ -25,21 +25,13 @@ class Embedding(torch.nn.Embedding):
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, max_norm=None, norm_type=2.0,
                  scale_grad_by_freq=False, sparse=False, _weight=None, _freeze=False, device=None, dtype=None,
                  *, backend: Optional[str] = None):
-        for argument, value in (("scale_grad_by_freq", scale_grad_by_freq), ("sparse", sparse)):
-            if value:
-                raise NotImplementedError(
-                    f"gatedrnn.nn.Embedding: {argument}=True is not implemented; use torch.nn.Embedding "
-                    "for it, or leave it False")
         super().__init__(num_embeddings, embedding_dim, padding_idx, max_norm, norm_type, scale_grad_by_freq,
                          sparse, _weight, _freeze, device, dtype)
         self.backend = None if backend is None else _check_name(backend, "backend")
 
     def forward(self, input: Tensor) -> Tensor:
-        if self.max_norm is not None:
-            # torch's F.embedding does the same: rescale the rows about to be read, in place.
-            with torch.no_grad():
-                torch.embedding_renorm_(self.weight, input.contiguous(), self.max_norm, self.norm_type)
-        return embedding(input, self.weight, self.padding_idx, backend=self.backend)
+        return embedding(input, self.weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq,
+                         self.sparse, backend=self.backend)
 
     @classmethod
     def from_pretrained(cls, embeddings, freeze=True, padding_idx=None, max_norm=None, norm_type=2.0,

@@ -2,19 +2,25 @@
 
 Forward gathers ``weight[input]``; backward adds each occurrence's output gradient to its row,
 deterministically (a fixed summation order, no float atomics); the ``padding_idx`` row gets no
-gradient. Indices are range-checked in the forward op's body, before any backend runs (and
+gradient; ``scale_grad_by_freq`` divides each row's gradient by its number of occurrences.
+``sparse`` returns the weight gradient as an uncoalesced sparse COO tensor of the occurrences
+(``padding_idx``'s left out), as torch does: no kernel runs for it. ``max_norm`` renormalises
+the looked-up rows of ``weight`` in place first, with torch's ``embedding_renorm_``. Indices are range-checked in the forward op's body, before any backend runs (and
 again inside the Cython kernel), so a bad index is an error, never a read outside ``weight``:
 also inside a torch.compile graph (a custom op's body runs eagerly there) and on a direct call
 of the op.
 
 Custom ops (indices flattened to int64 (N,); ``padding_idx`` normalised to [0, V) or -1 for none)::
 
-    gatedrnn::embedding(weight (V, D), indices (N,), padding_idx, backend) -> (N, D)
-    gatedrnn::embedding_backward(grad_output (N, D), indices, num_weights, padding_idx, backend) -> (V, D)
+    gatedrnn::embedding(weight (V, D), indices (N,), padding_idx, scale_grad_by_freq, sparse, backend) -> (N, D)
+    gatedrnn::embedding_backward(grad_output (N, D), indices, num_weights, padding_idx, scale_grad_by_freq,
+                                 backend) -> (V, D)
+
+(the forward op's ``scale_grad_by_freq`` and ``sparse`` only choose its gradient).
 
 The Cython extension ``gatedrnn._cpu.embedding`` (NumPy arrays, outputs preallocated)::
     embedding_forward(weight, indices, output, num_threads)                # OpenMP over rows of output
-    embedding_backward(grad_output, indices, padding_idx, grad_weight, num_threads)
+    embedding_backward(grad_output, indices, padding_idx, scale_grad_by_freq, grad_weight, num_threads)
         # OpenMP over column blocks of D: each thread walks all indices in order for its columns
 Both raise IndexError on an index outside [0, V).
 
@@ -24,6 +30,8 @@ program per (row, column block): deterministic, no atomics. It trusts the range 
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional
 
 import torch
@@ -40,9 +48,9 @@ def _numpy():
     def forward(weight, indices, padding_idx):
         return from_numpy(oracle.embedding_forward(to_numpy64(indices), to_numpy64(weight)), weight)
 
-    def backward(grad_output, indices, num_weights, padding_idx):
+    def backward(grad_output, indices, num_weights, padding_idx, scale_grad_by_freq):
         grad_weight = oracle.embedding_backward(to_numpy64(grad_output), to_numpy64(indices), num_weights,
-                                                None if padding_idx < 0 else padding_idx)
+                                                None if padding_idx < 0 else padding_idx, scale_grad_by_freq)
         return from_numpy(grad_weight, grad_output)
 
     return forward, backward
@@ -56,9 +64,10 @@ def _cython():
         run_cpu_kernel(extension.embedding_forward, weight, indices, output)
         return output
 
-    def backward(grad_output, indices, num_weights, padding_idx):
+    def backward(grad_output, indices, num_weights, padding_idx, scale_grad_by_freq):
         grad_weight = new_output((num_weights, grad_output.shape[1]), grad_output.dtype, grad_output.device)
-        run_cpu_kernel(extension.embedding_backward, grad_output, indices, padding_idx, grad_weight)
+        run_cpu_kernel(extension.embedding_backward, grad_output, indices, padding_idx, scale_grad_by_freq,
+                       grad_weight)
         return grad_weight
 
     return forward, backward
@@ -86,7 +95,8 @@ def _check_indices(indices: Tensor, num_weights: int) -> None:
                              f"got values in [{low}, {high}]")
 
 
-def _embedding_forward(weight: Tensor, indices: Tensor, padding_idx: int, backend: str) -> Tensor:
+def _embedding_forward(weight: Tensor, indices: Tensor, padding_idx: int, scale_grad_by_freq: bool, sparse: bool,
+                       backend: str) -> Tensor:
     if weight.dim() != 2 or indices.dim() != 1 or indices.dtype != torch.int64:
         raise ValueError(f"embedding: weight must be (V, D) and indices int64 (N,), got {tuple(weight.shape)} "
                          f"and {indices.dtype} {tuple(indices.shape)}")
@@ -102,12 +112,12 @@ _embedding_op = torch.library.custom_op("gatedrnn::embedding", _embedding_forwar
 
 
 @_embedding_op.register_fake
-def _(weight, indices, padding_idx, backend):
+def _(weight, indices, padding_idx, scale_grad_by_freq, sparse, backend):
     return weight.new_empty((indices.shape[0], weight.shape[1]))
 
 
 def _embedding_backward_body(grad_output: Tensor, indices: Tensor, num_weights: int, padding_idx: int,
-                             backend: str) -> Tensor:
+                             scale_grad_by_freq: bool, backend: str) -> Tensor:
     # Shapes checked for direct calls of the op: the Triton kernel reads grad_output's row of
     # every occurrence (out-of-range indices only never match a row).
     if grad_output.dim() != 2 or indices.dim() != 1 or grad_output.shape[0] != indices.shape[0]:
@@ -120,7 +130,7 @@ def _embedding_backward_body(grad_output: Tensor, indices: Tensor, num_weights: 
     if indices.shape[0] == 0 or grad_output.shape[1] == 0:
         return grad_output.new_zeros((num_weights, grad_output.shape[1]))
     _, backward = _implementations(backend)
-    return backward(grad_output, indices, num_weights, padding_idx)
+    return backward(grad_output, indices, num_weights, padding_idx, scale_grad_by_freq)
 
 
 _embedding_backward_op = torch.library.custom_op(
@@ -129,32 +139,78 @@ _embedding_backward = eager_or_op(_embedding_backward_op, _embedding_backward_bo
 
 
 @_embedding_backward_op.register_fake
-def _(grad_output, indices, num_weights, padding_idx, backend):
+def _(grad_output, indices, num_weights, padding_idx, scale_grad_by_freq, backend):
     return grad_output.new_empty((num_weights, grad_output.shape[1]))
 
 
 def _setup_context(ctx, inputs, output):
-    weight, indices, padding_idx, backend = inputs
+    weight, indices, padding_idx, scale_grad_by_freq, sparse, backend = inputs
     ctx.save_for_backward(indices)
     ctx.num_weights = weight.shape[0]
     ctx.padding_idx = padding_idx
+    ctx.scale_grad_by_freq = scale_grad_by_freq
+    ctx.sparse = sparse
     ctx.backend = backend
+
+
+def _sparse_gradient(grad_output: Tensor, indices: Tensor, num_weights: int, padding_idx: int) -> Tensor:
+    """The weight gradient as torch's sparse=True gives it: a (V, D) uncoalesced COO tensor with
+    one entry per occurrence (index, its output gradient row), padding_idx's occurrences left out
+    (an explicit zero entry would still step that row in SparseAdam)."""
+    if padding_idx >= 0:
+        kept = indices != padding_idx
+        indices, grad_output = indices[kept], grad_output[kept]
+    # The indices were range-checked by the forward op's body: the invariants hold.
+    return torch.sparse_coo_tensor(indices.unsqueeze(0), grad_output, (num_weights, grad_output.shape[1]),
+                                   check_invariants=False)
 
 
 def _backward(ctx, grad_output):
     (indices,) = ctx.saved_tensors
-    grad_weight = _embedding_backward(grad_output, indices, ctx.num_weights, ctx.padding_idx, ctx.backend)
-    return grad_weight, None, None, None
+    if ctx.sparse:
+        grad_weight = _sparse_gradient(grad_output, indices, ctx.num_weights, ctx.padding_idx)
+    else:
+        grad_weight = _embedding_backward(grad_output, indices, ctx.num_weights, ctx.padding_idx,
+                                          ctx.scale_grad_by_freq, ctx.backend)
+    return grad_weight, None, None, None, None, None
 
 
 _embedding_op.register_autograd(_backward, setup_context=_setup_context)
 _embedding = eager_or_op(_embedding_op, _embedding_forward, _setup_context, _backward)
 
 
+def _renorm_body(weight: Tensor, indices: Tensor, max_norm: float, norm_type: float) -> None:
+    # A custom op so that its range check runs eagerly inside compiled graphs too: torch's kernel
+    # takes a negative index as counting from the end.
+    _check_indices(indices, weight.shape[0])
+    with torch.no_grad():
+        torch.embedding_renorm_(weight, indices, max_norm, norm_type)
+
+
+_renorm_op = torch.library.custom_op("gatedrnn::embedding_renorm_", _renorm_body, mutates_args=("weight",))
+
+
+def _renormalize(weight: Tensor, indices: Tensor, max_norm, norm_type, op: str) -> None:
+    """Rescale, in place and without autograd, the rows of ``weight`` that ``indices`` (int64,
+    (N,)) name whose ``norm_type``-norm exceeds ``max_norm`` to norm ``max_norm`` (torch's
+    ``embedding_renorm_``: each such row times max_norm / (norm + 1e-7))."""
+    for argument, value in (("max_norm", max_norm), ("norm_type", norm_type)):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+            raise TypeError(f"{op}: {argument} must be a finite real number, got {value!r}")
+    if max_norm < 0:
+        raise ValueError(f"{op}: max_norm must be >= 0, got {max_norm}")
+    with torch.no_grad():
+        _renorm_op(weight, indices, float(max_norm), float(norm_type))
+
+
 def embedding(
     input: Tensor,
     weight: Tensor,
     padding_idx: Optional[int] = None,
+    max_norm: Optional[float] = None,
+    norm_type: float = 2.0,
+    scale_grad_by_freq: bool = False,
+    sparse: bool = False,
     *,
     backend: Optional[str] = None,
 ) -> Tensor:
@@ -165,6 +221,14 @@ def embedding(
         weight: (V, D) floating-point embedding matrix.
         padding_idx: a row in [-V, V) that receives no gradient (negative counts from the end),
             or None. The forward still returns that row as it is.
+        max_norm: if given, every row that ``input`` looks up whose ``norm_type``-norm exceeds
+            ``max_norm`` is rescaled to norm ``max_norm``, in place in ``weight``, before the
+            lookup (without autograd).
+        norm_type: the p of the p-norm for ``max_norm``.
+        scale_grad_by_freq: divide each row's gradient by the number of times ``input`` looks
+            it up.
+        sparse: the gradient of ``weight`` is a sparse COO tensor (for ``torch.optim.SparseAdam``,
+            ``SGD``) holding only the looked-up rows; not with ``scale_grad_by_freq``, as in torch.
         backend: "triton", "cython" or "numpy"; None picks one.
 
     Returns:
@@ -191,7 +255,15 @@ def embedding(
             raise ValueError(f"{op}: padding_idx must lie in [-num_embeddings, num_embeddings) = "
                              f"[{-num_weights}, {num_weights}), got {padding_idx}")
         padding = padding_idx % num_weights
+    for argument, value in (("scale_grad_by_freq", scale_grad_by_freq), ("sparse", sparse)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{op}: {argument} must be a bool, got {value!r}")
+    if scale_grad_by_freq and sparse and torch.is_grad_enabled() and weight.requires_grad:
+        raise ValueError(f"{op}: scale_grad_by_freq=True has no sparse gradient (sparse=True); torch "
+                         "refuses the pair in its backward too")
     indices = input.reshape(-1).to(torch.int64)  # (their values: checked in the op's body)
     name = pick_backend(backend, weight.dtype, weight.device)
-    output = _embedding(weight, indices, padding, name)
+    if max_norm is not None:
+        _renormalize(weight, indices, max_norm, norm_type, op)
+    output = _embedding(weight, indices, padding, scale_grad_by_freq, sparse, name)
     return output.reshape(tuple(input.shape) + (weight.shape[1],))

@@ -2,7 +2,8 @@
 
 Forward gathers rows: ``y[..., :] = weight[indices[...], :]``. Backward accumulates: every
 occurrence of index ``k`` adds its output gradient to row ``k``, in order of appearance; the
-row ``padding_idx`` (if given) gets no gradient.
+row ``padding_idx`` (if given) gets no gradient. With ``scale_grad_by_freq`` each occurrence's
+gradient is first divided by how often its index occurs in the batch.
 """
 
 import numpy as np
@@ -27,12 +28,13 @@ def embedding_forward(indices, weight):
     return weight[indices]
 
 
-def embedding_backward(grad_y, indices, num_embeddings, padding_idx=None):
+def embedding_backward(grad_y, indices, num_embeddings, padding_idx=None, scale_grad_by_freq=False):
     """Gradient of :func:`embedding_forward` with respect to the weight.
 
     Args:
         grad_y: (*S, D). indices: (*S). num_embeddings: V. padding_idx: row that gets no
-            gradient (negative counts from the end), or None.
+            gradient (negative counts from the end), or None. scale_grad_by_freq: scale each
+            occurrence's gradient by 1 / (the number of occurrences of its index in ``indices``).
 
     Returns:
         grad_weight (V, D) float64.
@@ -40,6 +42,9 @@ def embedding_backward(grad_y, indices, num_embeddings, padding_idx=None):
     grad_y = np.asarray(grad_y, np.float64)
     indices = _check_indices(indices, num_embeddings).reshape(-1)
     grad_y = grad_y.reshape(indices.size, -1)
+    if scale_grad_by_freq:
+        frequency = np.bincount(indices, minlength=num_embeddings)
+        grad_y = grad_y / frequency[indices][:, None]
     grad_weight = np.zeros((num_embeddings, grad_y.shape[1]))
     np.add.at(grad_weight, indices, grad_y)  # unbuffered: repeated indices accumulate
     if padding_idx is not None:
