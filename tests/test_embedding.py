@@ -122,7 +122,7 @@ def test_opcheck(backend):
         torch.library.opcheck(torch.ops.gatedrnn.embedding.default, (weight, indices, padding_idx, scale, False, backend))
         torch.library.opcheck(torch.ops.gatedrnn.embedding_backward.default,
                               (torch.randn(5, 5, dtype=torch.float64), indices, 7, padding_idx, scale, backend))
-    torch.library.opcheck(torch.ops.gatedrnn.embedding_renorm_.default, (weight.detach().clone(), indices, 1.0, 2.0))
+    torch.library.opcheck(torch.ops.gatedrnn.embedding_renorm.default, (weight.detach().clone(), indices, 1.0, 2.0))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -5,18 +5,21 @@ deterministically (a fixed summation order, no float atomics); the ``padding_idx
 gradient; ``scale_grad_by_freq`` divides each row's gradient by its number of occurrences.
 ``sparse`` returns the weight gradient as an uncoalesced sparse COO tensor of the occurrences
 (``padding_idx``'s left out), as torch does: no kernel runs for it. ``max_norm`` renormalises
-the looked-up rows of ``weight`` in place first, with torch's ``embedding_renorm_``. Indices are range-checked in the forward op's body, before any backend runs (and
-again inside the Cython kernel), so a bad index is an error, never a read outside ``weight``:
-also inside a torch.compile graph (a custom op's body runs eagerly there) and on a direct call
-of the op.
+the looked-up rows of ``weight`` in place first, with torch's ``embedding_renorm_``.
+
+Indices are range-checked in the forward op's body, before any backend runs (and again inside
+the Cython kernel), so a bad index is an error, never a read outside ``weight``: also inside a
+torch.compile graph (a custom op's body runs eagerly there) and on a direct call of the op.
 
 Custom ops (indices flattened to int64 (N,); ``padding_idx`` normalised to [0, V) or -1 for none)::
 
     gatedrnn::embedding(weight (V, D), indices (N,), padding_idx, scale_grad_by_freq, sparse, backend) -> (N, D)
     gatedrnn::embedding_backward(grad_output (N, D), indices, num_weights, padding_idx, scale_grad_by_freq,
                                  backend) -> (V, D)
+    gatedrnn::embedding_renorm(weight (V, D) mutated, indices (N,), max_norm, norm_type) -> ()
 
-(the forward op's ``scale_grad_by_freq`` and ``sparse`` only choose its gradient).
+(the forward op's ``scale_grad_by_freq`` and ``sparse`` only choose its gradient; the renorm op
+checks the indices itself, because torch's kernel reads a negative index from the end).
 
 The Cython extension ``gatedrnn._cpu.embedding`` (NumPy arrays, outputs preallocated)::
     embedding_forward(weight, indices, output, num_threads)                # OpenMP over rows of output
@@ -187,7 +190,7 @@ def _renorm_body(weight: Tensor, indices: Tensor, max_norm: float, norm_type: fl
         torch.embedding_renorm_(weight, indices, max_norm, norm_type)
 
 
-_renorm_op = torch.library.custom_op("gatedrnn::embedding_renorm_", _renorm_body, mutates_args=("weight",))
+_renorm_op = torch.library.custom_op("gatedrnn::embedding_renorm", _renorm_body, mutates_args=("weight",))
 
 
 def _renormalize(weight: Tensor, indices: Tensor, max_norm, norm_type, op: str) -> None:
