@@ -9,6 +9,7 @@ warm-up, and the table reports the median of ``--repeats`` runs and the ratio to
 
     python perf/bench_rnn.py                  # the full CPU table
     python perf/bench_rnn.py --quick          # a one-minute subset
+    python perf/bench_rnn.py --small          # small models: T, B, H of 10-50, 1-32, 64-128
     python perf/bench_rnn.py --gpu [...]      # perf/bench_rnn_gpu.py: Triton against cuDNN
     python perf/bench_rnn.py --modules [...]  # perf/bench_rnn_modules.py: whole nn modules
 """
@@ -31,6 +32,9 @@ import gatedrnn
 # The configurations of the foundation issue's performance bar: (T, B, I=H).
 CONFIGS = [(100, 1, 256), (100, 16, 256), (100, 64, 512)]
 QUICK_CONFIGS = [(100, 1, 256), (100, 16, 256)]
+# Small models (--small), where the fixed cost of a call (argument checks, allocations, the
+# autograd engine: about 0.3 ms a forward + backward for torch and for us) is a large share.
+SMALL_CONFIGS = [(10, 1, 64), (50, 4, 128), (20, 32, 64)]
 CELLS = ("lstm", "gru", "rnn")
 
 
@@ -136,6 +140,7 @@ def main(argv=None) -> int:
     parser.add_argument("--modules", action="store_true",
                         help="run perf/bench_rnn_modules.py (2-layer bidirectional nn modules) instead")
     parser.add_argument("--quick", action="store_true", help="a small subset (LSTM and GRU at two sizes)")
+    parser.add_argument("--small", action="store_true", help="small models instead (SMALL_CONFIGS)")
     parser.add_argument("--cells", default=",".join(CELLS), help="comma-separated cells (default: all)")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per implementation (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
@@ -158,7 +163,9 @@ def main(argv=None) -> int:
     unknown = [c for c in cells if c not in CELLS]
     if unknown:
         parser.error(f"--cells: unknown {unknown}; choose from {CELLS}")
-    configs = QUICK_CONFIGS if args.quick else CONFIGS
+    if args.quick and args.small:
+        parser.error("--quick and --small are two different sets; choose one")
+    configs = QUICK_CONFIGS if args.quick else SMALL_CONFIGS if args.small else CONFIGS
     if args.quick:
         cells = [c for c in cells if c != "rnn"] or cells
 
