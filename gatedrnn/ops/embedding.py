@@ -18,8 +18,9 @@ Custom ops (indices flattened to int64 (N,); ``padding_idx`` normalised to [0, V
                                  backend) -> (V, D)
     gatedrnn::embedding_renorm(weight (V, D) mutated, indices (N,), max_norm, norm_type) -> ()
 
-(the forward op's ``scale_grad_by_freq`` and ``sparse`` only choose its gradient; the renorm op
-checks the indices itself, because torch's kernel reads a negative index from the end).
+(the forward op's ``scale_grad_by_freq`` and ``sparse`` only choose its gradient; the backward
+op is differentiable in turn, through the forward op; the renorm op checks the indices itself,
+because torch's kernel reads a negative index from the end).
 
 The Cython extension ``gatedrnn._cpu.embedding`` (NumPy arrays, outputs preallocated)::
     embedding_forward(weight, indices, output, num_threads)                # OpenMP over rows of output
@@ -180,6 +181,32 @@ def _backward(ctx, grad_output):
 
 _embedding_op.register_autograd(_backward, setup_context=_setup_context)
 _embedding = eager_or_op(_embedding_op, _embedding_forward, _setup_context, _backward)
+
+
+def _backward_setup_context(ctx, inputs, output):
+    grad_output, indices, num_weights, padding_idx, scale_grad_by_freq, backend = inputs
+    ctx.save_for_backward(indices)
+    ctx.num_weights = num_weights
+    ctx.padding_idx = padding_idx
+    ctx.scale_grad_by_freq = scale_grad_by_freq
+    ctx.backend = backend
+
+
+def _double_backward(ctx, grad_grad_weight):
+    """The backward sums grad_output rows into their index's row (linear in grad_output): its
+    gradient looks grad_grad_weight up at the indices (the forward op), 0 at padding_idx's
+    occurrences, divided by the index's count with scale_grad_by_freq."""
+    (indices,) = ctx.saved_tensors
+    result = _embedding(grad_grad_weight, indices, -1, False, False, ctx.backend)
+    if ctx.padding_idx >= 0:
+        result = result.masked_fill((indices == ctx.padding_idx).unsqueeze(1), 0)
+    if ctx.scale_grad_by_freq:
+        counts = torch.bincount(indices, minlength=ctx.num_weights)
+        result = result / counts[indices].unsqueeze(1).to(result.dtype)
+    return (result,) + (None,) * 5
+
+
+_embedding_backward_op.register_autograd(_double_backward, setup_context=_backward_setup_context)
 
 
 def _renorm_body(weight: Tensor, indices: Tensor, max_norm: float, norm_type: float) -> None:

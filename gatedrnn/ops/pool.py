@@ -18,6 +18,9 @@ Custom ops (geometry explicit, stride already defaulted to the kernel)::
     gatedrnn::adaptive_avg_pool2d(input, output_size[2], backend) -> output
     gatedrnn::adaptive_avg_pool2d_backward(grad_output, input_size, backend) -> grad_input
 
+Each backward op is linear in grad_output and has an autograd of its own (the double backward):
+the average pools' is their forward op, max-pool's a gather at the saved indices.
+
 The Cython extension ``gatedrnn._cpu.pool`` (NumPy arrays, outputs preallocated, GIL released,
 OpenMP over the N*C planes)::
     max_pool2d_forward(x, kh, kw, sh, sw, ph, pw, dh, dw, y, indices, num_threads)
@@ -270,6 +273,30 @@ _max_pool2d_op.register_autograd(_max_backward, setup_context=_max_setup_context
 _max_pool2d = eager_or_op(_max_pool2d_op, _max_pool2d_forward, _max_setup_context, _max_backward)
 
 
+def _max_backward_setup_context(ctx, inputs, output):
+    grad_output, indices, input_size, kernel_size, stride, padding, dilation, backend = inputs
+    ctx.save_for_backward(indices)
+    ctx.geometry = (input_size, kernel_size, stride, padding, dilation)
+
+
+def _max_double_backward(ctx, grad_grad_input):
+    """The backward scatters grad_output to the input by index (linear in grad_output): its
+    gradient gathers grad_grad_input at the same indices (0 for a window that holds no input
+    element, whose gradient the backward drops). A gather of saved indices: torch's gather."""
+    (indices,) = ctx.saved_tensors
+    input_size, kernel_size, stride, padding, dilation = ctx.geometry
+    planes = grad_grad_input.reshape(indices.shape[0], indices.shape[1], -1)
+    # an empty window's index may point past its plane: read a valid element, then zero it
+    taken = indices.reshape(indices.shape[0], indices.shape[1], -1).clamp(0, max(planes.shape[2] - 1, 0))
+    gathered = planes.gather(2, taken).reshape(indices.shape) if planes.numel() else grad_grad_input.new_zeros(
+        indices.shape)
+    gathered = _without_empty_windows(gathered, input_size, kernel_size, stride, padding, dilation)
+    return (gathered,) + (None,) * 7
+
+
+_max_pool2d_backward_op.register_autograd(_max_double_backward, setup_context=_max_backward_setup_context)
+
+
 def _avg_pool2d_forward(input: Tensor, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
                         ceil_mode: bool, count_include_pad: bool, divisor_override: Optional[int],
                         backend: str) -> Tensor:
@@ -324,6 +351,19 @@ _avg_pool2d_op.register_autograd(_avg_backward, setup_context=_avg_setup_context
 _avg_pool2d = eager_or_op(_avg_pool2d_op, _avg_pool2d_forward, _avg_setup_context, _avg_backward)
 
 
+def _avg_backward_setup_context(ctx, inputs, output):
+    ctx.arguments = inputs[2:]  # kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override, backend
+
+
+def _avg_double_backward(ctx, grad_grad_input):
+    """The backward is the forward's adjoint (linear in grad_output): its gradient is the
+    forward applied to grad_grad_input."""
+    return (_avg_pool2d(grad_grad_input, *ctx.arguments),) + (None,) * 8
+
+
+_avg_pool2d_backward_op.register_autograd(_avg_double_backward, setup_context=_avg_backward_setup_context)
+
+
 def _adaptive_avg_pool2d_forward(input: Tensor, output_size: Sequence[int], backend: str) -> Tensor:
     memory_format = _memory_format(input)
     input = _for_backend(input, backend)
@@ -368,6 +408,20 @@ def _adaptive_backward(ctx, grad_output):
 _adaptive_avg_pool2d_op.register_autograd(_adaptive_backward, setup_context=_adaptive_setup_context)
 _adaptive_avg_pool2d = eager_or_op(_adaptive_avg_pool2d_op, _adaptive_avg_pool2d_forward, _adaptive_setup_context,
                                    _adaptive_backward)
+
+
+def _adaptive_backward_setup_context(ctx, inputs, output):
+    ctx.output_size = list(inputs[0].shape[-2:])
+    ctx.backend = inputs[-1]
+
+
+def _adaptive_double_backward(ctx, grad_grad_input):
+    """As avg_pool2d's: the forward (to grad_output's size) applied to grad_grad_input."""
+    return _adaptive_avg_pool2d(grad_grad_input, ctx.output_size, ctx.backend), None, None
+
+
+_adaptive_avg_pool2d_backward_op.register_autograd(_adaptive_double_backward,
+                                                   setup_context=_adaptive_backward_setup_context)
 
 
 # --- argument checks --------------------------------------------------------------------------------
