@@ -151,6 +151,8 @@ def main(argv=None) -> int:
     # --gpu / --modules hand every other argument to the benchmark they select.
     for flag, module_name in (("--gpu", "bench_rnn_gpu"), ("--modules", "bench_rnn_modules")):
         if flag in argv and "-h" not in argv and "--help" not in argv:
+            if "--small" in argv:
+                parser.error(f"--small selects the CPU table's sizes; {flag} has its own")
             sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
             module = __import__(module_name)
             return module.main([a for a in argv if a != flag])

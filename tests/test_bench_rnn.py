@@ -37,3 +37,11 @@ def test_quick_and_small_are_refused_together():
     result = subprocess.run([sys.executable, SCRIPT, "--quick", "--small"], capture_output=True, text=True,
                             timeout=120, cwd=ROOT)
     assert result.returncode == 2 and re.search("--quick and --small", result.stderr), result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--gpu", "--modules"])
+def test_small_is_for_the_cpu_table(flag):
+    result = subprocess.run([sys.executable, SCRIPT, flag, "--small"], capture_output=True, text=True, timeout=120,
+                            cwd=ROOT)
+    assert result.returncode == 2 and f"--small selects the CPU table's sizes; {flag} has its own" in result.stderr
+

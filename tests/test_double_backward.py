@@ -95,6 +95,16 @@ def test_max_pool_double_backward_of_empty_windows(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", ["max", "avg", "adaptive"])
+def test_pool_double_backward_of_an_empty_batch(backend, kind):
+    options = dict(output_size=(2, 2)) if kind == "adaptive" else dict(kernel_size=2)
+    x = torch.randn(0, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    (grad_input,) = torch.autograd.grad(pool(kind, backend, **options)(x).square().sum(), x, create_graph=True)
+    (second,) = torch.autograd.grad(grad_input.square().sum(), x)
+    assert second.shape == x.shape
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(EMBEDDING_CASES))
 def test_embedding_gradgradcheck(backend, name):
     weight = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)

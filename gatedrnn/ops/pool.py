@@ -285,11 +285,12 @@ def _max_double_backward(ctx, grad_grad_input):
     element, whose gradient the backward drops). A gather of saved indices: torch's gather."""
     (indices,) = ctx.saved_tensors
     input_size, kernel_size, stride, padding, dilation = ctx.geometry
-    planes = grad_grad_input.reshape(indices.shape[0], indices.shape[1], -1)
+    if indices.numel() == 0:
+        return (grad_grad_input.new_zeros(indices.shape),) + (None,) * 7
+    planes = grad_grad_input.reshape(indices.shape[0], indices.shape[1], input_size[2] * input_size[3])
     # an empty window's index may point past its plane: read a valid element, then zero it
-    taken = indices.reshape(indices.shape[0], indices.shape[1], -1).clamp(0, max(planes.shape[2] - 1, 0))
-    gathered = planes.gather(2, taken).reshape(indices.shape) if planes.numel() else grad_grad_input.new_zeros(
-        indices.shape)
+    taken = indices.reshape(indices.shape[0], indices.shape[1], -1).clamp(0, planes.shape[2] - 1)
+    gathered = planes.gather(2, taken).reshape(indices.shape)
     gathered = _without_empty_windows(gathered, input_size, kernel_size, stride, padding, dilation)
     return (gathered,) + (None,) * 7
 
