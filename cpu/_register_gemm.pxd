@@ -3,7 +3,7 @@
 (``matmul_blocked``, ``matmul_blocked_tall``) and weight gradients dG^T X with both operands
 packed (``weight_grad_blocked``). Inline, without the GIL."""
 from cython cimport floating
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 
 cdef extern from "_register_gemm.h" nogil:
@@ -44,6 +44,34 @@ cdef inline size_t weight_grad_panels_size(int M) noexcept nogil:
     return <size_t> ((M + 7) // 8 * 8 + GR_BLOCK) * GRAD_K_BLOCK
 
 
+cdef inline void _pack_panels(int M, int kc, const floating* dgates, int ld_gates, floating* panels,
+                              floating* sums) noexcept nogil:
+    """dgates' kc x M block into weight_grad_blocked's 8-row panels (rows past M zero); with
+    ``sums`` (not NULL), each column's values also added to sums[column] in order of the steps."""
+    cdef int p, k, i, r, n_panels = (M + 7) // 8
+    cdef floating* panel
+    cdef const floating* source
+    for p in range(n_panels):
+        panel = panels + <size_t> p * 8 * GRAD_K_BLOCK
+        for k in range(kc):
+            source = dgates + <size_t> k * ld_gates + 8 * p
+            for i in range(8):
+                r = 8 * p + i
+                panel[k * 8 + i] = source[i] if r < M else 0
+                if sums != NULL and r < M:
+                    sums[r] += source[i]
+
+
+cdef inline void _panels_times_block(int M, int kc, const floating* panels, const floating* column_block,
+                                     floating* grad, int N, bint accumulate) noexcept nogil:
+    """grad's 32 columns at ``grad`` (rows 8 at a time, row stride N) (+)= the panels' kc steps
+    times the packed kc x 32 column block."""
+    cdef int p
+    for p in range((M + 7) // 8):
+        matmul_blocked(min(8, M - 8 * p), kc, GR_BLOCK, panels + <size_t> p * 8 * GRAD_K_BLOCK, 1,
+                       column_block, GR_BLOCK, GR_BLOCK, grad + <size_t> 8 * p * N, N, 8, accumulate)
+
+
 cdef inline void weight_grad_blocked(int M, int N, int K, const floating* dgates, int ld_gates,
                                      const floating* rows, int ld_rows, floating* grad,
                                      floating* panels) noexcept nogil:
@@ -56,28 +84,54 @@ cdef inline void weight_grad_blocked(int M, int N, int K, const floating* dgates
     values (32 KB) that stay in L1 while every panel streams past them (read in place, rows a
     power-of-two stride apart fell into a few L1 sets and came from L2). The first block writes
     grad, the others add to it. panels: weight_grad_panels_size(M) values."""
-    cdef int k0, kc, k, p, i, r, c, n_panels = (M + 7) // 8
-    cdef floating* panel
-    cdef floating* column_block = panels + <size_t> n_panels * 8 * GRAD_K_BLOCK
-    cdef const floating* source
+    cdef int k0, kc, k, c
+    cdef floating* column_block = panels + <size_t> ((M + 7) // 8) * 8 * GRAD_K_BLOCK
     k0 = 0
     while k0 < K:
         kc = min(GRAD_K_BLOCK, K - k0)
-        for p in range(n_panels):
-            panel = panels + <size_t> p * 8 * GRAD_K_BLOCK
-            for k in range(kc):
-                source = dgates + <size_t> (k0 + k) * ld_gates + 8 * p
-                for i in range(8):
-                    r = 8 * p + i
-                    panel[k * 8 + i] = source[i] if r < M else 0
+        _pack_panels(M, kc, dgates + <size_t> k0 * ld_gates, ld_gates, panels, NULL)
         for c in range(0, N, 32):  # 32 == GR_BLOCK (range needs a constant step in C)
             for k in range(kc):
                 memcpy(column_block + k * GR_BLOCK, rows + <size_t> (k0 + k) * ld_rows + c,
                        GR_BLOCK * sizeof(floating))
-            for p in range(n_panels):
-                matmul_blocked(min(8, M - 8 * p), kc, GR_BLOCK,
-                               panels + <size_t> p * 8 * GRAD_K_BLOCK, 1, column_block,
-                               GR_BLOCK, GR_BLOCK, grad + <size_t> 8 * p * N + c, N, 8, k0 > 0)
+            _panels_times_block(M, kc, panels, column_block, grad + c, N, k0 > 0)
+        k0 += kc
+
+
+cdef inline void weight_grads_pair_blocked(int M, int K, const floating* dgates, int ld_gates,
+                                           const floating* rows, int ld_rows, int N, floating* grad,
+                                           const floating* const* prev_rows, int N_prev,
+                                           floating* grad_prev, floating* sums,
+                                           floating* panels) noexcept nogil:
+    """weight_grad_blocked's two products of one dgates (K x M) at once, and its column sums:
+    grad (M x N) = dgates^T rows (K x N, row stride ld_rows); grad_prev (M x N_prev) = dgates^T
+    P, where step k's row of P is prev_rows[k] (N_prev values; NULL: zeros), so a recurrence's
+    previous states (h0 at each sequence's first step, an output row elsewhere) need no
+    shifted copy; sums (M,) = dgates' column sums, each in order of k. N and N_prev multiples
+    of GR_BLOCK. Each block of GRAD_K_BLOCK steps packs dgates' panels once for all three
+    (two separate weight_grad_blocked calls and a sum read dgates three times). panels:
+    weight_grad_panels_size(M) values."""
+    cdef int k0, kc, k, c
+    cdef floating* column_block = panels + <size_t> ((M + 7) // 8) * 8 * GRAD_K_BLOCK
+    cdef const floating* source
+    memset(sums, 0, M * sizeof(floating))
+    k0 = 0
+    while k0 < K:
+        kc = min(GRAD_K_BLOCK, K - k0)
+        _pack_panels(M, kc, dgates + <size_t> k0 * ld_gates, ld_gates, panels, sums)
+        for c in range(0, N, 32):  # 32 == GR_BLOCK (range needs a constant step in C)
+            for k in range(kc):
+                memcpy(column_block + k * GR_BLOCK, rows + <size_t> (k0 + k) * ld_rows + c,
+                       GR_BLOCK * sizeof(floating))
+            _panels_times_block(M, kc, panels, column_block, grad + c, N, k0 > 0)
+        for c in range(0, N_prev, 32):
+            for k in range(kc):
+                source = prev_rows[k0 + k]
+                if source == NULL:
+                    memset(column_block + k * GR_BLOCK, 0, GR_BLOCK * sizeof(floating))
+                else:
+                    memcpy(column_block + k * GR_BLOCK, source + c, GR_BLOCK * sizeof(floating))
+            _panels_times_block(M, kc, panels, column_block, grad_prev + c, N_prev, k0 > 0)
         k0 += kc
 
 
