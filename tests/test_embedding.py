@@ -119,7 +119,8 @@ def test_opcheck(backend):
     weight = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
     indices = torch.tensor([0, 3, 3, 6, 1])
     for padding_idx, scale in ((3, False), (-1, False), (3, True)):
-        torch.library.opcheck(torch.ops.gatedrnn.embedding.default, (weight, indices, padding_idx, scale, False, backend))
+        torch.library.opcheck(torch.ops.gatedrnn.embedding.default,
+                              (weight, indices, padding_idx, scale, False, backend))
         torch.library.opcheck(torch.ops.gatedrnn.embedding_backward.default,
                               (torch.randn(5, 5, dtype=torch.float64), indices, 7, padding_idx, scale, backend))
     torch.library.opcheck(torch.ops.gatedrnn.embedding_renorm.default, (weight.detach().clone(), indices, 1.0, 2.0))
@@ -236,8 +237,9 @@ def test_module_max_norm_and_from_pretrained(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("options", [dict(scale_grad_by_freq=True), dict(sparse=True), dict(max_norm=1.5, norm_type=1.0),
-                                     dict(max_norm=0.5, scale_grad_by_freq=True), dict(max_norm=2.0, sparse=True)],
+@pytest.mark.parametrize("options", [dict(scale_grad_by_freq=True), dict(sparse=True),
+                                     dict(max_norm=1.5, norm_type=1.0), dict(max_norm=0.5, scale_grad_by_freq=True),
+                                     dict(max_norm=2.0, sparse=True)],
                          ids=["scale-by-freq", "sparse", "max-norm-L1", "max-norm-scale", "max-norm-sparse"])
 def test_module_options_match_torch(backend, options):
     """scale_grad_by_freq, sparse and max_norm: outputs, the renormalised weight and the
