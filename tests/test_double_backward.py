@@ -223,3 +223,40 @@ def test_triton_interpreter_embedding_double_backward():
 @outside_interpreter
 def test_triton_interpreter_subprocess():
     run_interpreted(__file__, "triton_interpreter and not subprocess", timeout=600)
+
+
+# --- triton on a GPU -----------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_triton_gpu_second_order_matches_torch(dtype):
+    """Second-order gradients through conv2d, the pools and embedding on the device (Triton)
+    against torch.nn.functional's (cuDNN) in the same dtype, TF32 off for float32."""
+    tolerance = {torch.float32: 1e-4, torch.bfloat16: 5e-2}[dtype]
+    generator = torch.Generator().manual_seed(10)
+    x = torch.randn(4, 16, 15, 13, generator=generator).to("cuda", dtype).requires_grad_()
+    w = (torch.randn(32, 8, 3, 3, generator=generator) * 0.2).to("cuda", dtype).requires_grad_()
+    table = torch.randn(50, 16, generator=generator).to("cuda", dtype).requires_grad_()
+    tokens = torch.randint(0, 50, (4, 7), generator=generator).to("cuda")
+
+    def network(functional, **backend):
+        h = functional.conv2d(x, w, None, stride=1, padding=1, groups=2, **backend).tanh()
+        h = functional.max_pool2d(h, 3, stride=2, padding=1, **backend)
+        h = functional.avg_pool2d(h, 2, ceil_mode=True, **backend)
+        h = functional.adaptive_avg_pool2d(h, (2, 2), **backend).flatten(1)
+        e = functional.embedding(tokens, table, 3, scale_grad_by_freq=False, **backend).mean(1)
+        return (h[:, :16] * e).sum()
+
+    results = []
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # (our float32 convolutions do not use TF32 either)
+    try:
+        for functional, backend in ((gatedrnn, dict(backend="triton")), (F, {})):
+            grad_x, grad_table = torch.autograd.grad(network(functional, **backend), (x, table), create_graph=True)
+            penalty = grad_x.float().square().sum() + grad_table.float().square().sum()
+            results.append(torch.autograd.grad(penalty, (x, w, table)))
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
+    for name, actual, expected in zip(("x", "w", "table"), *results):
+        error = ((actual.float() - expected.float()).abs().max() / expected.float().abs().max()).item()
+        assert error <= tolerance, f"{name}: relative error {error:.2e}"
