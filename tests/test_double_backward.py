@@ -3,8 +3,9 @@
 Each backward op has its own autograd (the double backward), built from the same ops, so
 ``create_graph=True`` works as with torch.nn.functional: gradient penalties (WGAN-GP),
 Hessian-vector products. Checked with ``torch.autograd.gradgradcheck`` (float64, every CPU
-backend), against torch on a gradient-penalty step of a small CNN, and on the Triton backend
-under TRITON_INTERPRET=1 against the numpy backend. The recurrences have none (as cuDNN's RNNs).
+backend), against torch on a gradient-penalty step of a small CNN, on the Triton backend under
+TRITON_INTERPRET=1 against the numpy backend, and (``gpu``) on the device against torch's cuDNN
+path in float32 and bfloat16. The recurrences have none (as cuDNN's RNNs).
 """
 import pytest
 import torch
