@@ -72,6 +72,18 @@ cdef inline void _panels_times_block(int M, int kc, const floating* panels, cons
                        column_block, GR_BLOCK, GR_BLOCK, grad + <size_t> 8 * p * N, N, 8, accumulate)
 
 
+cdef inline void _rows_times_panels(int M, int kc, const floating* panels, const floating* rows,
+                                    int ld_rows, int N, floating* grad, floating* column_block,
+                                    bint accumulate) noexcept nogil:
+    """grad (M x N) (+)= the panels' kc steps times rows (kc x N, row stride ld_rows), one
+    32-column block of rows at a time packed into column_block (kc x 32) first."""
+    cdef int k, c
+    for c in range(0, N, 32):  # 32 == GR_BLOCK (range needs a constant step in C)
+        for k in range(kc):
+            memcpy(column_block + k * GR_BLOCK, rows + <size_t> k * ld_rows + c, GR_BLOCK * sizeof(floating))
+        _panels_times_block(M, kc, panels, column_block, grad + c, N, accumulate)
+
+
 cdef inline void weight_grad_blocked(int M, int N, int K, const floating* dgates, int ld_gates,
                                      const floating* rows, int ld_rows, floating* grad,
                                      floating* panels) noexcept nogil:
@@ -84,17 +96,13 @@ cdef inline void weight_grad_blocked(int M, int N, int K, const floating* dgates
     values (32 KB) that stay in L1 while every panel streams past them (read in place, rows a
     power-of-two stride apart fell into a few L1 sets and came from L2). The first block writes
     grad, the others add to it. panels: weight_grad_panels_size(M) values."""
-    cdef int k0, kc, k, c
+    cdef int k0, kc
     cdef floating* column_block = panels + <size_t> ((M + 7) // 8) * 8 * GRAD_K_BLOCK
     k0 = 0
     while k0 < K:
         kc = min(GRAD_K_BLOCK, K - k0)
         _pack_panels(M, kc, dgates + <size_t> k0 * ld_gates, ld_gates, panels, NULL)
-        for c in range(0, N, 32):  # 32 == GR_BLOCK (range needs a constant step in C)
-            for k in range(kc):
-                memcpy(column_block + k * GR_BLOCK, rows + <size_t> (k0 + k) * ld_rows + c,
-                       GR_BLOCK * sizeof(floating))
-            _panels_times_block(M, kc, panels, column_block, grad + c, N, k0 > 0)
+        _rows_times_panels(M, kc, panels, rows + <size_t> k0 * ld_rows, ld_rows, N, grad, column_block, k0 > 0)
         k0 += kc
 
 
@@ -119,11 +127,8 @@ cdef inline void weight_grads_pair_blocked(int M, int K, const floating* dgates,
     while k0 < K:
         kc = min(GRAD_K_BLOCK, K - k0)
         _pack_panels(M, kc, dgates + <size_t> k0 * ld_gates, ld_gates, panels, sums)
-        for c in range(0, N, 32):  # 32 == GR_BLOCK (range needs a constant step in C)
-            for k in range(kc):
-                memcpy(column_block + k * GR_BLOCK, rows + <size_t> (k0 + k) * ld_rows + c,
-                       GR_BLOCK * sizeof(floating))
-            _panels_times_block(M, kc, panels, column_block, grad + c, N, k0 > 0)
+        _rows_times_panels(M, kc, panels, rows + <size_t> k0 * ld_rows, ld_rows, N, grad, column_block, k0 > 0)
+        # the previous states' rows through their table (NULL: a zero row)
         for c in range(0, N_prev, 32):
             for k in range(kc):
                 source = prev_rows[k0 + k]
